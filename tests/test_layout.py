@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from unimodal.layout import IGNORE_INDEX, SequenceLayout, build_attention_mask
+
+
+def test_examples_place_tokens_and_labels(tokenizer):
+    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    img = torch.zeros(3, 8, 8)
+    caption_ids = tokenizer.encode("a red circle")
+    example = layout.caption(img, "a red circle")
+    boi, eoi = tokenizer.boi_id, tokenizer.eoi_id
+    assert example.input_ids == [tokenizer.bos_id, boi, *[tokenizer.pad_id] * 4, eoi, *caption_ids, tokenizer.eos_id]
+    # position i predicts token i + 1: <eoi> predicts the first caption token, the last one <eos>
+    assert example.lm_labels == [IGNORE_INDEX] * 6 + caption_ids + [tokenizer.eos_id, IGNORE_INDEX]
+    assert example.image_starts == [2] and example.image_is_target == [False]
+
+    generation = layout.generation("a red circle", img)
+    assert generation.image_starts == [2 + len(caption_ids)] and generation.image_is_target == [True]
+    assert set(generation.lm_labels) == {IGNORE_INDEX}
+
+    vqa = layout.vqa(img, "what colour is the circle?", "red")
+    labelled = [label for label in vqa.lm_labels if label != IGNORE_INDEX]
+    assert labelled == tokenizer.encode("red") + [tokenizer.eos_id]
+
+
+def test_mask_is_causal_bidirectional_in_images_and_ignores_padding():
+    valid = torch.tensor([[True] * 7 + [False]])
+    # one image of 3 patches at positions 2..4 in a length-8 row with one padding slot
+    mask = build_attention_mask(valid, torch.tensor([0]), torch.tensor([2]), num_image_tokens=3)[0, 0]
+    assert mask.shape == (8, 8)
+    assert mask[2, 4] and mask[4, 2]  # patches see each other both ways
+    assert not mask[1, 2]  # text before the image does not see it
+    assert mask[5, 2:5].all()  # text after the image sees all of it
+    assert not mask[:, 7][:7].any()  # nobody attends to padding
+    assert mask[7, 7] and mask[7].sum() == 1  # a padding query sees only itself (no NaN rows)
+    expected_text = torch.tril(torch.ones(2, 2, dtype=torch.bool))
+    assert torch.equal(mask[:2, :2], expected_text)
+
+
+def test_collate_pads_and_indexes_several_images(tokenizer):
+    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    first, second = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
+    two_images = layout.caption(first, "a")
+    two_images.input_ids += [tokenizer.boi_id] + [tokenizer.pad_id] * 4 + [tokenizer.eoi_id]
+    two_images.lm_labels += [IGNORE_INDEX] * 6
+    two_images.images.append(second)
+    two_images.image_starts.append(len(two_images.input_ids) - 5)
+    two_images.image_is_target.append(True)
+    batch = layout.collate([layout.text("a red circle"), two_images], pad_to_multiple_of=8)
+    assert batch.input_ids.shape[1] % 8 == 0
+    assert batch.image_batch_index.tolist() == [1, 1]
+    assert batch.image_is_target.tolist() == [False, True]
+    assert torch.equal(batch.images[1], second)
+    mask = batch.attention_mask[1, 0]
+    start = batch.image_starts[1]
+    assert mask[start, start + 3] and not mask[start - 1, start]
+    with pytest.raises(ValueError, match="at least one"):
+        layout.collate([])

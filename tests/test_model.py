@@ -1,0 +1,128 @@
+"""Numeric tests of the mixed-modal model: masks, heads, losses, learning, save/load."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.testing import assert_close
+from transformers import LlamaForCausalLM
+
+from unimodal.codecs import PixelCodec
+from unimodal.diffusion import make_process
+from unimodal.layout import SequenceLayout
+from unimodal.model import UniModalModel, noise_images
+from unimodal.pretrained import load_export, save_export
+
+
+def build(config, seed=0):
+    torch.manual_seed(seed)
+    model = UniModalModel(config)
+    for param in model.denoise_head.parameters():  # zero-initialised; make image outputs visible
+        torch.nn.init.normal_(param, std=0.02)
+    return model.eval()
+
+
+def image(config, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(3, config.image_size, config.image_size, generator=generator) * 2 - 1
+
+
+def zero_times(batch):
+    return torch.zeros(batch.num_images)
+
+
+def test_text_only_equals_plain_causal_lm(tokenizer, debug_config):
+    model = build(debug_config)
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    batch = layout.collate([layout.text("a small green triangle in the center")])
+    ours = model(batch, zero_times(batch)).lm_logits
+    reference = LlamaForCausalLM(model.decoder.config)
+    reference.model.load_state_dict(model.decoder.state_dict())
+    reference.lm_head.load_state_dict(model.lm_head.state_dict())
+    expected = reference.eval()(input_ids=batch.input_ids).logits
+    assert_close(ours, expected)
+
+
+def test_image_attention_is_bidirectional_inside_and_causal_outside(tokenizer, debug_config):
+    model = build(debug_config)
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    picture = image(debug_config, 1)
+    example = layout.generation("a red circle", picture)
+    start = example.image_starts[0]
+    first_patch, last_patch = start, start + debug_config.num_image_tokens - 1
+
+    def states(img):
+        batch = layout.collate([layout.generation("a red circle", img)])
+        batch.image_is_target[:] = False
+        return model(batch, zero_times(batch)).lm_logits[0]
+
+    changed = picture.clone()
+    changed[:, -debug_config.patch_size:, -debug_config.patch_size:] += 0.5  # only the last patch
+    before, after = states(picture), states(changed)
+    assert_close(before[:first_patch], after[:first_patch])  # text before the image: untouched
+    assert (before[first_patch] - after[first_patch]).abs().max() > 1e-4  # earlier patch sees later
+    assert (before[last_patch + 1] - after[last_patch + 1]).abs().max() > 1e-4  # <eoi> sees the image
+
+
+def test_padding_changes_nothing(tokenizer, debug_config):
+    model = build(debug_config)
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    short = layout.caption(image(debug_config, 2), "a red circle")
+    long = layout.vqa(image(debug_config, 3), "how many shapes are there?", "2")
+    alone = layout.collate([short])
+    padded = layout.collate([short, long], pad_to_multiple_of=8)
+    out_alone = model(alone, zero_times(alone))
+    out_padded = model(padded, zero_times(padded))
+    length = len(short)
+    assert_close(out_padded.lm_logits[0, :length], out_alone.lm_logits[0], atol=1e-5, rtol=1e-5)
+    assert_close(out_padded.denoise_pred[0], out_alone.denoise_pred[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+def test_tiny_model_overfits_a_mixed_batch(tokenizer, debug_config, objective):
+    debug_config.objective = objective
+    torch.manual_seed(0)
+    model = UniModalModel(debug_config)
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    batch = layout.collate([
+        layout.generation("a red circle", image(debug_config, 4)),
+        layout.caption(image(debug_config, 5), "a small green triangle in the center"),
+        layout.vqa(image(debug_config, 6), "what colour is the circle?", "red"),
+        layout.generation("a blue square", image(debug_config, 7)),
+    ])
+    # A fixed batch: fixed noise and times, so the denoise target is learnable by heart.
+    noised, timesteps, target = noise_images(make_process(debug_config), batch.images, batch.image_is_target,
+                                             0.0, torch.Generator().manual_seed(0))
+    batch = batch.with_images(noised)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        out = model(batch, timesteps, target)
+        first = first or (out.lm_loss.item(), out.denoise_loss.item())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert out.lm_loss.item() < 0.1 * first[0]
+    assert out.denoise_loss.item() < 0.1 * first[1]
+
+
+def test_save_load_reproduces_outputs_exactly(tokenizer, debug_config, tmp_path):
+    model = build(debug_config)
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    batch = layout.collate([layout.generation("a red circle", image(debug_config, 8)),
+                            layout.caption(image(debug_config, 9), "a red circle")])
+    timesteps = torch.tensor([0.7, 0.0])
+    save_export(tmp_path / "export", model, tokenizer, PixelCodec())
+    loaded, loaded_tokenizer, codec = load_export(tmp_path / "export")
+    assert isinstance(codec, PixelCodec) and loaded_tokenizer.vocab_size == tokenizer.vocab_size
+    before, after = model(batch, timesteps), loaded(batch, timesteps)
+    assert_close(after.lm_logits, before.lm_logits, rtol=0, atol=0)
+    assert_close(after.denoise_pred, before.denoise_pred, rtol=0, atol=0)
+
+
+def test_importing_unimodal_loads_no_training_stack():
+    code = ("import sys, unimodal, unimodal.api, unimodal.sampling, unimodal.cli; "
+            "bad = [m for m in ('deepspeed', 'webdataset', 'training', 'data', 'eval') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

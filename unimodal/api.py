@@ -1,0 +1,169 @@
+"""The public Python API: load a trained model, then `caption`, `answer` and `generate`.
+
+    from unimodal import UniModal
+    model = UniModal.from_pretrained("runs/tiny/export")
+    model.caption(images)                          # -> list[str]
+    model.answer(images, questions)                # -> list[str]
+    model.generate(prompts, num_steps=25, guidance_scale=3.0, seed=0)   # -> list[PIL.Image]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import default_scheduler_name, make_process
+from .images import to_model_tensor, to_pil
+from .layout import SequenceLayout
+from .model import UniModalModel
+from .pretrained import load_export, save_export
+from .sampling import decode_text, sample_latents
+from .tokenizer import Tokenizer
+
+
+class UniModal:
+    """A model, its tokenizer and its latent codec, ready for inference (eval mode, no grad)."""
+
+    def __init__(self, model: UniModalModel, tokenizer: Tokenizer, codec):
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                             f"{model.config.vocab_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.config = model.config
+        self.layout = SequenceLayout(tokenizer, model.config.num_image_tokens)
+        self.process = make_process(model.config)
+
+    # ---- loading / saving ----
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "UniModal":
+        """Load an export folder (safetensors only; nothing is unpickled)."""
+        model, tokenizer, codec = load_export(folder, device)
+        api = cls(model, tokenizer, codec)
+        return api.to(device, dtype) if dtype is not None else api
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        return save_export(folder, self.model, self.tokenizer, self.codec)
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "UniModal":
+        """Move to `device`; `dtype` (e.g. torch.bfloat16) casts the model's weights."""
+        self.model.to(device=device, dtype=dtype) if dtype is not None else self.model.to(device)
+        self.codec.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ---- understanding ----
+    def caption(self, images: Sequence[Any], max_new_tokens: int = 32, temperature: float = 0.0,
+                top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Describe each image. Images may be PIL, numpy or tensors in any usual layout and size:
+        they are resized (shorter side) and center-cropped to the model's resolution."""
+        latents = self._encode_images(images, "images")
+        prompts = [self.layout.caption_prompt(latent) for latent in latents]
+        return self._decode(prompts, latents, max_new_tokens, temperature, top_p, seed)
+
+    def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Answer one question per image (same image handling as `caption`)."""
+        questions = _check_texts(questions, "questions")
+        latents = self._encode_images(images, "images")
+        if len(questions) != len(latents):
+            raise ValueError(f"answer needs one question per image: got {len(latents)} images and "
+                             f"{len(questions)} questions")
+        prompts = [self.layout.vqa_prompt(latent, q) for latent, q in zip(latents, questions)]
+        return self._decode(prompts, latents, max_new_tokens, temperature, top_p, seed)
+
+    @torch.no_grad()
+    def _decode(self, prompts, latents, max_new_tokens, temperature, top_p, seed, use_cache=True) -> list[str]:
+        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        generator = torch.Generator().manual_seed(seed)
+        ids = decode_text(self.model, prompts, latents, self.tokenizer.pad_id, self.tokenizer.eos_id,
+                          max_new_tokens, temperature, top_p, generator, use_cache=use_cache)
+        return [self.tokenizer.decode(row).strip() for row in ids]
+
+    @torch.no_grad()
+    def _encode_images(self, images: Sequence[Any], name: str) -> torch.Tensor:
+        if isinstance(images, (torch.Tensor,)) and images.dim() == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise TypeError(f"{name} must be a list of images (PIL, numpy or tensor), got {type(images).__name__}")
+        if not images:
+            raise ValueError(f"{name} is empty: pass at least one image")
+        pixels = torch.stack([to_model_tensor(image, self.config.image_size) for image in images])
+        pixels = pixels.to(self.device)
+        return self.codec.encode(pixels).to(self.dtype)  # (N, C, H, W)
+
+    # ---- generation ----
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], num_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
+                 height: int | None = None, width: int | None = None, scheduler: str | None = None,
+                 output_type: str = "pil", progress: bool = False, use_cache: bool = True):
+        """Generate one image per prompt.
+
+        Prompt i uses the noise of `seed + i`, so a prompt gives the same image alone or in a batch.
+        `guidance_scale` 1 disables classifier-free guidance; above 1 the conditional and the
+        empty-prompt sequences run in one batch. `scheduler`: "euler" (flow default) or
+        "dpmsolver++" (good at few steps); "ddim"/"ddpm" for ddpm models. `output_type`: "pil"
+        (list of PIL images) or "pt" (tensor (N, 3, H, W) in [-1, 1]).
+        """
+        prompts = _check_texts(prompts, "prompts")
+        if not isinstance(num_steps, int) or num_steps <= 0:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        scheduler = scheduler or default_scheduler_name(self.config)
+        if scheduler not in self.process.schedulers:
+            raise ValueError(f"unknown scheduler {scheduler!r}; for objective {self.config.objective!r} "
+                             f"choose one of {self.process.schedulers}")
+        height, width = self._latent_size(height, "height"), self._latent_size(width, "width")
+        shape = (self.config.latent_channels, height, width)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
+                             for i in range(len(prompts))]).to(self.device, self.dtype)
+        tok = self.tokenizer
+        prefixes = [[tok.bos_id] + tok.encode(p) + [tok.boi_id] for p in prompts]
+        if guidance_scale != 1.0:
+            prefixes += [[tok.bos_id, tok.boi_id]] * len(prompts)
+        bar = tqdm(total=num_steps, desc="sampling", disable=not progress)
+        latents = sample_latents(self.model, self.process, prefixes, noise, num_steps, guidance_scale, scheduler,
+                                 tok.pad_id, use_cache=use_cache, progress=lambda step, total: bar.update(1))
+        bar.close()
+        images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
+        return to_pil(images) if output_type == "pil" else images
+
+    def _latent_size(self, pixels: int | None, name: str) -> int:
+        if pixels is None:
+            return self.config.latent_size
+        multiple = self.config.downsample_factor * self.config.patch_size
+        if not isinstance(pixels, int) or pixels <= 0 or pixels % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple} (downsample_factor x patch_size), "
+                             f"got {pixels!r}")
+        return pixels // self.config.downsample_factor
+
+
+def _check_texts(texts: Sequence[str], name: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of strings; wrap a single one as [{texts!r}]")
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError(f"{name} is empty: pass at least one")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{name} must all be strings; found {bad[0]}")
+    return list(texts)

@@ -1,0 +1,172 @@
+"""Typed model configuration, named size presets, strict loading from dicts and YAML.
+
+One dataclass describes the whole network: the text backbone, the image-patch adapters, the latent
+codec and the training objective. Unknown keys and inconsistent values raise `ValueError` naming the
+field, so a typo in a YAML file fails at load time instead of silently training the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BACKBONE_TYPES = ("llama", "qwen2")
+CODEC_TYPES = ("pixel", "vae")
+OBJECTIVES = ("flow", "ddpm")
+TIME_SAMPLINGS = ("logit_normal", "uniform")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a `UniModalModel` (shapes, backbone, codec, objective)."""
+
+    # --- backbone (a transformers decoder, called with inputs_embeds) ---
+    backbone: str = "llama"  # "llama" or "qwen2": the decoder family built from config
+    backbone_path: str | None = None  # local folder of a pretrained HF decoder; overrides the sizes below
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    intermediate_size: int | None = None  # None = 4 * hidden_size rounded to 64 (SwiGLU MLP)
+    vocab_size: int = 512  # overwritten by the tokenizer's size when a model is built for one
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    attn_implementation: str = "sdpa"  # our 4-D bool mask needs sdpa (eager would misread it)
+
+    # --- images ---
+    image_size: int = 32  # pixels, square; the codec maps it to latent_size
+    codec: str = "pixel"  # "pixel" (identity, tiny runs) or "vae" (diffusers AutoencoderKL)
+    codec_path: str | None = None  # local AutoencoderKL folder for codec="vae"; None builds a tiny one
+    latent_channels: int = 3  # 3 for the pixel codec, the VAE's latent_channels otherwise
+    downsample_factor: int = 1  # image_size / latent_size: 1 for pixels, 8 for SD-style VAEs
+    patch_size: int = 4  # latent pixels per patch side
+    patch_adapter: str = "linear"  # "linear" (Transfusion default) or "mlp"
+
+    # --- objective ---
+    objective: str = "flow"  # "flow" (rectified flow, velocity target) or "ddpm" (noise prediction)
+    time_sampling: str = "logit_normal"  # SD3's choice for rectified flow
+    time_shift: float = 1.0  # SD3 resolution shift of the sampling/training time; 1 = none
+    lm_loss_weight: float = 1.0
+    denoise_loss_weight: float = 5.0  # Transfusion's lambda
+    # Images that precede their caption are noised at most this much (Transfusion: t <= 0.5 helps
+    # captioning); 0 gives them clean, which is what inference does.
+    condition_max_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived sizes ----
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample_factor
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.latent_size // self.patch_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Patch positions one image occupies in the sequence (without <boi>/<eoi>)."""
+        return self.patches_per_side**2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.latent_channels * self.patch_size**2
+
+    @property
+    def ffn_size(self) -> int:
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return ((4 * self.hidden_size + 63) // 64) * 64
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        choices = {
+            "backbone": BACKBONE_TYPES,
+            "codec": CODEC_TYPES,
+            "objective": OBJECTIVES,
+            "time_sampling": TIME_SAMPLINGS,
+            "patch_adapter": ("linear", "mlp"),
+            "attn_implementation": ("sdpa",),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        positive = ["hidden_size", "num_layers", "num_heads", "vocab_size", "image_size", "latent_channels",
+                    "downsample_factor", "patch_size", "max_position_embeddings"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"ModelConfig.num_kv_heads={kv_heads} must divide num_heads={self.num_heads}")
+        if self.image_size % self.downsample_factor:
+            raise ValueError(f"ModelConfig.downsample_factor={self.downsample_factor} must divide "
+                             f"image_size={self.image_size}")
+        if self.latent_size % self.patch_size:
+            raise ValueError(f"ModelConfig.patch_size={self.patch_size} must divide the latent size "
+                             f"{self.latent_size} (image_size / downsample_factor)")
+        if self.codec == "pixel" and (self.latent_channels != 3 or self.downsample_factor != 1):
+            raise ValueError("ModelConfig.codec='pixel' needs latent_channels=3 and downsample_factor=1")
+        if not 0.0 <= self.condition_max_noise <= 1.0:
+            raise ValueError(f"ModelConfig.condition_max_noise must lie in [0, 1], got {self.condition_max_noise}")
+        if self.time_shift <= 0:
+            raise ValueError(f"ModelConfig.time_shift must be positive, got {self.time_shift}")
+
+    # ---- (de)serialisation ----
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict; a `preset` key starts from that preset. Unknown keys raise ValueError."""
+        values = dict(values)
+        base = {}
+        if "preset" in values:
+            base = preset_values(values.pop("preset"))
+        return config_from_dict(cls, {**base, **values})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ModelConfig":
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+        return cls.from_dict(values)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        return cls.from_dict({**preset_values(name), **overrides})
+
+
+def config_from_dict(cls, values: dict[str, Any]):
+    """Instantiate dataclass `cls` from `values`, rejecting keys it does not declare."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{cls.__name__} expects a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+
+# Named sizes. `tiny` trains on two CPU cores in minutes; `debug` is even smaller for unit tests;
+# `base` is a GPU-scale model (~340M parameters in the backbone) over 256x256 images with an SD VAE.
+PRESETS: dict[str, dict[str, Any]] = {
+    "debug": dict(hidden_size=64, num_layers=2, num_heads=4, image_size=16, patch_size=4),
+    "tiny": dict(hidden_size=256, num_layers=6, num_heads=4, image_size=32, patch_size=4),
+    "small": dict(hidden_size=512, num_layers=8, num_heads=8, image_size=32, patch_size=2),
+    "base": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, vocab_size=32000,
+                 image_size=256, codec="vae", latent_channels=4, downsample_factor=8, patch_size=2,
+                 max_position_embeddings=4096, time_shift=3.0, condition_max_noise=0.5),
+}
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[name])

@@ -1,0 +1,119 @@
+"""Parameter-free noising processes: they noise images, give the training target, and make the
+diffusers scheduler that drives sampling. The network only predicts.
+
+Time convention (one, everywhere in unimodal): t ∈ [0, 1], t = 0 is the clean image, t = 1 pure
+noise. The network receives `1000 · t` through its timestep embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       FlowMatchEulerDiscreteScheduler)
+
+from .config import ModelConfig
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's resolution shift: t' = s·t / (1 + (s − 1)·t); s > 1 spends more time at high noise.
+    It is the same map diffusers' flow schedulers apply with `shift=`."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+class FlowMatching:
+    """Rectified flow: x_t = (1 − t)·x0 + t·ε; the network predicts the velocity v = ε − x0."""
+
+    schedulers = ("euler", "dpmsolver++")
+
+    def __init__(self, time_sampling: str = "logit_normal", time_shift: float = 1.0):
+        self.time_sampling = time_sampling
+        self.time_shift = time_shift
+
+    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+        """(num,) training times in (0, 1): logit-normal (SD3) or uniform, then shifted."""
+        if self.time_sampling == "logit_normal":
+            # Same density as diffusers' compute_density_for_timestep_sampling("logit_normal", 0, 1).
+            t = torch.sigmoid(torch.randn(num, generator=generator, device=device))
+        else:
+            t = torch.rand(num, generator=generator, device=device)
+        return shift_time(t, self.time_shift)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        return (1 - t) * x0 + t * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def make_scheduler(self, name: str = "euler"):
+        """A diffusers scheduler whose `step(model_output, timestep, sample)` takes our velocity."""
+        if name == "euler":
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=self.time_shift)
+        if name == "dpmsolver++":
+            return DPMSolverMultistepScheduler(
+                num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
+                use_flow_sigmas=True, flow_shift=self.time_shift, algorithm_type="dpmsolver++")
+        raise ValueError(f"unknown scheduler {name!r} for the flow objective; choose one of {self.schedulers}")
+
+    def model_time(self, scheduler, timestep: torch.Tensor) -> torch.Tensor:
+        """Our t ∈ [0, 1] for a scheduler timestep (flow schedulers use timestep = 1000·σ)."""
+        return timestep.float() / NUM_TRAIN_TIMESTEPS
+
+
+class DDPMProcess:
+    """DDPM with a cosine schedule; the network predicts the noise ε.
+
+    t ∈ [0, 1] maps to the discrete step k = round(t · 999); x_k = √ᾱ_k·x0 + √(1 − ᾱ_k)·ε.
+    """
+
+    schedulers = ("ddpm", "ddim", "dpmsolver++")
+
+    def __init__(self, time_shift: float = 1.0):
+        self.time_shift = time_shift
+        self._train_scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+                                              beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+
+    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+        return torch.randint(0, NUM_TRAIN_TIMESTEPS, (num,), generator=generator, device=device).float() / (
+            NUM_TRAIN_TIMESTEPS - 1)
+
+    def _steps(self, t: torch.Tensor) -> torch.Tensor:
+        return (t * (NUM_TRAIN_TIMESTEPS - 1)).round().long().clamp(0, NUM_TRAIN_TIMESTEPS - 1)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        noised = self._train_scheduler.add_noise(x0, noise, self._steps(t).cpu())
+        # t = 0 means "clean" in our convention (a conditioning image), not DDPM step 0's tiny noise.
+        clean = (t <= 0).view(-1, *([1] * (x0.dim() - 1)))
+        return torch.where(clean, x0, noised)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise
+
+    def make_scheduler(self, name: str = "ddim"):
+        common = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
+                      prediction_type="epsilon")
+        if name == "ddpm":
+            return DDPMScheduler(**common)
+        if name == "ddim":
+            return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+        if name == "dpmsolver++":
+            return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++")
+        raise ValueError(f"unknown scheduler {name!r} for the ddpm objective; choose one of {self.schedulers}")
+
+    def model_time(self, scheduler, timestep: torch.Tensor) -> torch.Tensor:
+        return timestep.float() / (NUM_TRAIN_TIMESTEPS - 1)
+
+
+def make_process(config: ModelConfig) -> FlowMatching | DDPMProcess:
+    if config.objective == "flow":
+        return FlowMatching(config.time_sampling, config.time_shift)
+    return DDPMProcess(config.time_shift)
+
+
+def default_scheduler_name(config: ModelConfig) -> str:
+    return "euler" if config.objective == "flow" else "ddim"
+
+
+__all__ = ["FlowMatching", "DDPMProcess", "make_process", "default_scheduler_name", "shift_time"]

@@ -1,0 +1,200 @@
+"""The sequence layout: where text, <boi>, image patches and <eoi> go, and who attends to whom.
+
+Training (data/) and inference (sampling) both build their sequences here, so they cannot drift.
+
+    generation  <bos> caption <boi> p p … p <eoi> <eos>         image patches noised, denoise loss
+    caption     <bos> <boi> p p … p <eoi> caption <eos>         lm loss on caption + <eos>
+    vqa         <bos> <boi> p … p <eoi> question: Q answer: A <eos>   lm loss on A + <eos>
+    text        <bos> text <eos>                                lm loss on every token
+
+Dimension legend: B sequences, T padded length, N images in the batch, C/H/W image or latent
+channels/height/width, P = num_image_tokens patch positions per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Sequence
+
+import torch
+
+from .tokenizer import Tokenizer
+
+IGNORE_INDEX = -100  # label value that the LM loss skips (torch's cross_entropy default)
+
+
+@dataclass
+class Example:
+    """One unpadded sequence. Image patch positions hold `pad_id` in `input_ids`."""
+
+    input_ids: list[int]
+    lm_labels: list[int]  # lm_labels[i] is the token position i must predict, or IGNORE_INDEX
+    images: list[torch.Tensor] = field(default_factory=list)  # each (C, H, W)
+    image_starts: list[int] = field(default_factory=list)  # index of each image's first patch
+    image_is_target: list[bool] = field(default_factory=list)  # True: noised and denoised
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Batch:
+    """A padded batch: what `UniModalModel.forward` and the objective consume."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    lm_labels: torch.Tensor  # (B, T) long, IGNORE_INDEX where no loss
+    attention_mask: torch.Tensor  # (B, 1, T, T) bool, True = may attend
+    lengths: torch.Tensor  # (B,) long, real tokens per row (right padding)
+    images: torch.Tensor  # (N, C, H, W) float: pixels in [-1, 1], or latents when already encoded
+    image_batch_index: torch.Tensor  # (N,) long, the row holding image n
+    image_starts: torch.Tensor  # (N,) long, position of image n's first patch
+    image_is_target: torch.Tensor  # (N,) bool, generation targets (noised, denoise loss)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_starts.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+        """Move every tensor to `device`; `dtype` applies to the float image tensor only."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "images" and dtype is not None:
+                moved[f.name] = value.to(device=device, dtype=dtype)
+            else:
+                moved[f.name] = value.to(device)
+        return Batch(**moved)
+
+    def with_images(self, images: torch.Tensor) -> "Batch":
+        return replace(self, images=images)
+
+
+class SequenceLayout:
+    """Builds examples for each task and collates them into padded batches.
+
+    Args:
+        tokenizer: supplies the special-token ids and text encoding.
+        num_image_tokens: patch positions per image (`ModelConfig.num_image_tokens`).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int):
+        if num_image_tokens <= 0:
+            raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+
+    def _ids(self, text: str | Sequence[int]) -> list[int]:
+        return self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
+
+    def _image_block(self) -> list[int]:
+        tok = self.tokenizer
+        return [tok.boi_id] + [tok.pad_id] * self.num_image_tokens + [tok.eoi_id]
+
+    @staticmethod
+    def question_text(question: str) -> str:
+        return f"question: {question} answer:"
+
+    # ---- training examples ----
+    def generation(self, text: str | Sequence[int], image: torch.Tensor) -> Example:
+        """Text → image. Pass empty text for the unconditional (classifier-free guidance) case."""
+        example = self.generation_prompt(text, image)
+        example.input_ids += [self.tokenizer.eos_id]
+        example.lm_labels += [IGNORE_INDEX]
+        return example
+
+    def caption(self, image: torch.Tensor, text: str | Sequence[int]) -> Example:
+        """Image → text, with the LM loss on the caption and the closing <eos>."""
+        return self._teach_text(self.caption_prompt(image), self._ids(text))
+
+    def vqa(self, image: torch.Tensor, question: str, answer: str) -> Example:
+        """Image + question → answer, with the LM loss on the answer and <eos> only."""
+        return self._teach_text(self.vqa_prompt(image, question), self._ids(answer))
+
+    def text(self, text: str | Sequence[int]) -> Example:
+        """Plain language modelling."""
+        prompt = Example(input_ids=[self.tokenizer.bos_id], lm_labels=[IGNORE_INDEX])
+        return self._teach_text(prompt, self._ids(text))
+
+    def _teach_text(self, prompt: Example, target_ids: list[int]) -> Example:
+        targets = target_ids + [self.tokenizer.eos_id]
+        # Position i predicts token i+1: the prompt's last position predicts the first target.
+        labels = prompt.lm_labels[:-1] + targets
+        return replace(prompt, input_ids=prompt.input_ids + targets, lm_labels=labels + [IGNORE_INDEX])
+
+    # ---- inference prompts (sequences the model continues) ----
+    def caption_prompt(self, image: torch.Tensor) -> Example:
+        ids = [self.tokenizer.bos_id] + self._image_block()
+        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [2], [False])
+
+    def vqa_prompt(self, image: torch.Tensor, question: str) -> Example:
+        example = self.caption_prompt(image)
+        question_ids = self._ids(self.question_text(question))
+        example.input_ids += question_ids
+        example.lm_labels += [IGNORE_INDEX] * len(question_ids)
+        return example
+
+    def generation_prompt(self, text: str | Sequence[int], image: torch.Tensor) -> Example:
+        """<bos> text <boi> P patches <eoi>; `image` is the (noised) latent placed in the patches."""
+        text_ids = [self.tokenizer.bos_id] + self._ids(text)
+        ids = text_ids + self._image_block()
+        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [len(text_ids) + 1], [True])
+
+    # ---- batching ----
+    def collate(self, examples: Sequence[Example], pad_to_multiple_of: int = 1) -> Batch:
+        """Right-pad examples into a `Batch` and build the attention mask."""
+        if not examples:
+            raise ValueError("collate needs at least one example")
+        lengths = [len(e) for e in examples]
+        total = max(lengths)
+        total = -(-total // pad_to_multiple_of) * pad_to_multiple_of
+        pad = self.tokenizer.pad_id
+        input_ids = torch.full((len(examples), total), pad, dtype=torch.long)
+        lm_labels = torch.full((len(examples), total), IGNORE_INDEX, dtype=torch.long)
+        images, batch_index, starts, is_target = [], [], [], []
+        for row, example in enumerate(examples):
+            if len(example.lm_labels) != len(example.input_ids):
+                raise ValueError("Example.lm_labels must have one entry per input id")
+            input_ids[row, : len(example)] = torch.tensor(example.input_ids)
+            lm_labels[row, : len(example)] = torch.tensor(example.lm_labels)
+            images += example.images
+            batch_index += [row] * len(example.images)
+            starts += example.image_starts
+            is_target += example.image_is_target
+        lengths_t = torch.tensor(lengths)
+        batch_index_t = torch.tensor(batch_index, dtype=torch.long)
+        starts_t = torch.tensor(starts, dtype=torch.long)
+        image_tensor = torch.stack(images) if images else torch.zeros(0, 3, 1, 1)
+        valid = torch.arange(total)[None, :] < lengths_t[:, None]
+        mask = build_attention_mask(valid, batch_index_t, starts_t, self.num_image_tokens)
+        return Batch(input_ids, lm_labels, mask, lengths_t, image_tensor, batch_index_t, starts_t,
+                     torch.tensor(is_target, dtype=torch.bool))
+
+
+def image_position_ids(batch_size: int, total_length: int, image_batch_index: torch.Tensor,
+                       image_starts: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+    """(B, T) long: the index n of the image each position belongs to, or -1 for text/padding."""
+    owner = torch.full((batch_size, total_length), -1, dtype=torch.long, device=image_starts.device)
+    if image_starts.numel():
+        offsets = torch.arange(num_image_tokens, device=image_starts.device)
+        columns = image_starts[:, None] + offsets  # (N, P)
+        rows = image_batch_index[:, None].expand_as(columns)
+        ids = torch.arange(image_starts.shape[0], device=image_starts.device)[:, None].expand_as(columns)
+        owner[rows, columns] = ids
+    return owner
+
+
+def build_attention_mask(valid: torch.Tensor, image_batch_index: torch.Tensor, image_starts: torch.Tensor,
+                         num_image_tokens: int) -> torch.Tensor:
+    """(B, 1, T, T) bool mask: causal, bidirectional inside each image, never onto padding.
+
+    `valid` (B, T) marks real tokens, so left padding (batched decoding) works as well as right.
+    A padding query attends only to itself: a row with no allowed key would make SDPA return NaN.
+    """
+    batch_size, total_length = valid.shape
+    positions = torch.arange(total_length, device=valid.device)
+    causal = positions[None, :, None] >= positions[None, None, :]  # (1, T, T)
+    owner = image_position_ids(batch_size, total_length, image_batch_index, image_starts, num_image_tokens)
+    same_image = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)  # (B, T, T)
+    mask = (causal | same_image) & valid[:, None, :] & valid[:, :, None]
+    padded_self = (~valid)[:, :, None] & torch.eye(total_length, dtype=torch.bool, device=valid.device)
+    return (mask | padded_self)[:, None]
