@@ -1,0 +1,65 @@
+"""`DataConfig`: what the training reader reads and how it turns samples into examples.
+
+Batch sizes and epoch lengths are per rank (a micro-batch, the unit DeepSpeed's
+`train_micro_batch_size_per_gpu` means). Unknown keys are an error, as for every config here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from unimodal.config import config_from_dict
+
+from .tasks import TASKS
+
+
+@dataclass
+class DataConfig:
+    # Shards: a brace pattern ("shards/train-{000000..000009}.tar"), several joined by "::", a
+    # directory of .tar files, or a list of these. Any shard set in the webdataset image-text
+    # layout (KEY.png|jpg|webp + KEY.txt [+ KEY.json]) works as it is.
+    train_shards: str | list[str] = ""
+    image_size: int = 32  # images are resized (shorter side) and center-cropped to this
+    latents: bool = False  # read KEY.latent.npy (data.cache_latents) instead of images, as stored
+    batch_size: int = 32  # per rank
+    num_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the main process
+    prefetch_factor: int = 4  # batches each worker prepares ahead
+    shuffle_buffer: int = 1000  # samples held for shuffling (raw bytes, decoded only when they leave)
+    seed: int = 0
+    # True: shards are drawn with replacement, endlessly (training); an "epoch" is then just
+    # `epoch_batches` batches per rank, which also bounds the fast-forward work of a resume.
+    # False: each epoch is one pass over the shards, split between ranks and workers by shard, so
+    # every sample is seen by exactly one rank per epoch (needs >= world_size * num_workers shards).
+    resampled: bool = True
+    epoch_batches: int = 1000  # batches per rank per epoch (resampled only)
+    drop_last: bool = False  # drop a last partial batch of each worker (resampled=False only)
+    # Relative weights of the three tasks; a sample without QA pairs that draws "vqa" falls back
+    # to the other tasks in proportion to their weights.
+    task_weights: dict[str, float] = field(default_factory=lambda: {"caption": 1.0, "vqa": 1.0, "generation": 1.0})
+    # Probability that a generation example gets an empty caption (classifier-free guidance).
+    caption_dropout: float = 0.1
+    max_text_tokens: int = 128  # captions, questions and answers are cut to this many tokens
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
+        return config_from_dict(cls, values)
+
+    def validate(self) -> None:
+        positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens",
+                    "shuffle_buffer"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"DataConfig.task_weights has unknown task(s) {unknown}; tasks are {TASKS}")
+        if any(w < 0 for w in self.task_weights.values()) or sum(self.task_weights.values()) <= 0:
+            raise ValueError(f"DataConfig.task_weights must be >= 0 with a positive sum, got {self.task_weights}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"DataConfig.caption_dropout must lie in [0, 1], got {self.caption_dropout}")

@@ -1,0 +1,97 @@
+"""Raw shard samples -> decoded samples (image or latent tensor, caption, metadata).
+
+A raw sample is a dict of bytes by suffix (`shards.iter_shard`). Decoding is the expensive step of
+the reader, so everything that can reject a sample without decoding (missing caption, missing
+image) is checked first. Anything that fails is counted in a `SkipCounter` and returns None.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unimodal.images import to_model_tensor
+
+from . import skips
+from .shards import RawSample
+
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")  # looked up in this order
+LATENT_SUFFIX = "latent.npy"  # written by data.cache_latents
+
+
+@dataclass
+class DecodedSample:
+    key: str
+    image: torch.Tensor  # (3, image_size, image_size) float in [-1, 1], or (C, h, w) latent
+    caption: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # the KEY.json object ({} without one)
+
+
+def image_suffix(raw: RawSample) -> str | None:
+    return next((s for s in IMAGE_SUFFIXES if s in raw), None)
+
+
+def decode_image(data: bytes, image_size: int) -> torch.Tensor:
+    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1] (resize shorter side,
+    center-crop; `unimodal.images.to_model_tensor` does the same at inference)."""
+    with Image.open(io.BytesIO(data)) as image:
+        # JPEG can decode at 1/2..1/8 scale for free when the target is much smaller.
+        image.draft("RGB", (image_size, image_size))
+        rgb = np.array(image.convert("RGB"))  # (H, W, 3) uint8, writable (torch warns on read-only)
+    return to_model_tensor(rgb, image_size)
+
+
+def decode_latent(data: bytes) -> torch.Tensor:
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if array.ndim != 3:
+        raise ValueError(f"a latent must be (C, h, w), got shape {array.shape}")
+    return torch.from_numpy(array.astype(np.float32, copy=False))
+
+
+def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter,
+                  latents: bool = False) -> DecodedSample | None:
+    """Decode one raw sample, or count why it is skipped and return None."""
+    where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+    caption = raw.get("txt", b"")
+    try:
+        caption = caption.decode("utf-8").strip() if isinstance(caption, bytes) else str(caption).strip()
+    except UnicodeDecodeError:
+        caption = ""
+    if not caption:
+        counter.skip(skips.MISSING_CAPTION, where)
+        return None
+    if latents:
+        if LATENT_SUFFIX not in raw:
+            counter.skip(skips.MISSING_LATENT, where)
+            return None
+    elif image_suffix(raw) is None:
+        counter.skip(skips.MISSING_IMAGE, f"{where} has only {sorted(k for k in raw if not k.startswith('__'))}")
+        return None
+    metadata: dict[str, Any] = {}
+    if "json" in raw:
+        try:
+            metadata = json.loads(raw["json"])
+            if not isinstance(metadata, dict):
+                raise ValueError(f"expected a JSON object, got {type(metadata).__name__}")
+        except ValueError as exn:
+            counter.skip(skips.BAD_JSON, f"{where}: {exn}")
+            return None
+    if latents:
+        try:
+            tensor = decode_latent(raw[LATENT_SUFFIX])
+        except Exception as exn:  # numpy raises several types for garbage bytes
+            counter.skip(skips.CORRUPT_LATENT, f"{where}: {type(exn).__name__}: {exn}")
+            return None
+    else:
+        try:
+            tensor = decode_image(raw[image_suffix(raw)], image_size)
+        except Exception as exn:  # PIL raises OSError, SyntaxError, ValueError, ... for bad bytes
+            counter.skip(skips.CORRUPT_IMAGE, f"{where}: {type(exn).__name__}: {exn}")
+            return None
+    return DecodedSample(key=raw["__key__"], image=tensor, caption=caption, metadata=metadata)

@@ -1,0 +1,231 @@
+"""The training reader end to end: tiny shards written on the fly, read back through the full pipeline."""
+
+import io
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from data.config import DataConfig
+from data.reader import build_train_loader, iter_samples
+from data.synthetic import World
+from data.write_shards import write_synthetic_shards
+from unimodal.layout import SequenceLayout
+from unimodal.tokenizer import Tokenizer
+
+IMAGE_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    world = World()
+    texts = []
+    for i in range(200):
+        sample = world.sample(i)
+        texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
+    return Tokenizer.train(texts + ["sample"], vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def layout(tokenizer):
+    return SequenceLayout(tokenizer, IMAGE_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """8 shards x 12 synthetic samples."""
+    out = tmp_path_factory.mktemp("shards")
+    return write_synthetic_shards(out, 96, seed=0, max_count=12, progress=False).pattern
+
+
+def config(shards, **overrides):
+    values = dict(train_shards=shards, batch_size=4, num_workers=2, shuffle_buffer=16, epoch_batches=6, seed=0)
+    return DataConfig(**{**values, **overrides})
+
+
+def take(loader, n):
+    """n batches from an endless loader, plus the sample keys of each."""
+    batches, keys = [], []
+    for batch in loader.endless():
+        batches.append(batch)
+        keys.append(list(loader.last_keys))
+        if len(batches) == n:
+            return batches, keys
+
+
+def same_batches(a, b):
+    for x, y in zip(a, b, strict=True):
+        for name in ("input_ids", "lm_labels", "attention_mask", "images", "image_starts", "image_is_target"):
+            torch.testing.assert_close(getattr(x, name), getattr(y, name), rtol=0, atol=0)
+
+
+def test_full_pipeline_with_two_workers(shards, tokenizer, layout):
+    loader = build_train_loader(config(shards), tokenizer, layout)
+    batches = list(loader)  # one epoch = epoch_batches
+    assert len(batches) == 6 and loader.epoch == 1 and loader.num_samples == 24 and loader.skipped == {}
+    batch = batches[0]
+    assert batch.images.shape == (4, 3, 32, 32) and batch.images.min() >= -1 and batch.images.max() <= 1
+    assert batch.attention_mask.shape[-1] == batch.input_ids.shape[1]
+    tasks = torch.cat([b.image_is_target for b in batches])
+    assert 0 < tasks.sum() < len(tasks)  # generation and image->text examples both occur
+    # The same seed gives the same batches; another seed, others.
+    same_batches(batches, list(build_train_loader(config(shards), tokenizer, layout)))
+    other = list(build_train_loader(config(shards, seed=1), tokenizer, layout))
+    assert not all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(batches, other))
+
+
+@pytest.mark.parametrize("num_workers,split_at", [(2, 5), (2, 6), (0, 4)])
+def test_resume_gives_the_same_next_batches(shards, tokenizer, layout, num_workers, split_at):
+    cfg = config(shards, num_workers=num_workers)
+    full, full_keys = take(build_train_loader(cfg, tokenizer, layout), 10)  # crosses an epoch boundary
+    first = build_train_loader(cfg, tokenizer, layout)
+    take(first, split_at)
+    state = first.state_dict()
+    resumed = build_train_loader(cfg, tokenizer, layout)
+    resumed.load_state_dict(state)
+    rest, rest_keys = take(resumed, 10 - split_at)
+    assert rest_keys == full_keys[split_at:]
+    same_batches(rest, full[split_at:])
+
+
+def test_changed_reader_resumes_at_next_epoch(shards, tokenizer, layout, caplog):
+    loader = build_train_loader(config(shards, num_workers=0), tokenizer, layout)
+    take(loader, 2)
+    other = build_train_loader(config(shards, num_workers=0, batch_size=3), tokenizer, layout)
+    with caplog.at_level(logging.WARNING, logger="data"):
+        other.load_state_dict(loader.state_dict())
+    assert other.epoch == 1 and other.num_samples == 8 and "changed" in caplog.text
+
+
+def test_two_node_split_sees_each_sample_once(shards, tokenizer, layout):
+    seen = []
+    for rank in range(2):
+        loader = build_train_loader(config(shards, resampled=False), tokenizer, layout, rank=rank, world_size=2)
+        keys = []
+        for _ in loader:
+            keys += loader.last_keys
+        assert len(keys) == 48  # 4 of the 8 shards per rank
+        seen.append(set(keys))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 96
+
+
+def test_finite_epochs_reshuffle_and_resume(shards, tokenizer, layout):
+    cfg = config(shards, resampled=False)
+    loader = build_train_loader(cfg, tokenizer, layout)
+    full, keys = take(loader, 30)  # 24 batches per epoch
+    epoch_keys = sum(keys[:24], [])
+    assert len(epoch_keys) == len(set(epoch_keys)) == 96  # one pass: every sample once
+    assert keys[24:30] != keys[:6]  # the next epoch is shuffled differently
+    first = build_train_loader(cfg, tokenizer, layout)
+    take(first, 13)
+    resumed = build_train_loader(cfg, tokenizer, layout)
+    resumed.load_state_dict(first.state_dict())
+    rest, rest_keys = take(resumed, 17)
+    assert rest_keys == keys[13:]
+    same_batches(rest, full[13:])
+
+
+def _png(value):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_corrupt_sample_and_truncated_shard_are_counted(tmp_path, tokenizer, layout, caplog):
+    good = [str(tmp_path / "good-000000.tar"), str(tmp_path / "cut-000001.tar")]
+    with wds.TarWriter(good[0]) as sink:
+        for i in range(10):
+            sink.write({"__key__": f"a{i:03d}", "png": _png(i), "txt": "a small red circle in the center"})
+        sink.write({"__key__": "corrupt", "png": b"\x89PNG not really", "txt": "a small red circle in the center"})
+        sink.write({"__key__": "nocaption", "png": _png(1)})
+    with wds.TarWriter(good[1]) as sink:
+        for i in range(10):
+            sink.write({"__key__": f"b{i:03d}", "png": _png(i), "txt": "a large blue square on the left"})
+    with tarfile.open(good[1]) as tar:
+        cut = next(m for m in tar.getmembers() if m.name.startswith("b006")).offset_data + 20
+    data = open(good[1], "rb").read()
+    open(good[1], "wb").write(data[:cut])  # b006's first file is cut: b000..b005 survive
+    expected = {"corrupt_image": 1, "missing_caption": 1, "unreadable_shard": 1}
+    for num_workers in (2, 0):  # counted in the workers, summed in the main process
+        loader = build_train_loader(config("::".join(good), resampled=False, batch_size=5, num_workers=num_workers),
+                                    tokenizer, layout)
+        with caplog.at_level(logging.WARNING, logger="data"):
+            keys = [k for _ in loader for k in loader.last_keys]
+        assert len(keys) == 16 and loader.skipped == expected
+    # Never silent: a warning line per skip (caplog sees the main process, hence num_workers=0).
+    assert all(reason in caplog.text for reason in expected)
+    # Resampled endless reading keeps going over the same broken shards.
+    cfg = config("::".join(good), batch_size=5, epoch_batches=20)
+    endless = build_train_loader(cfg, tokenizer, layout)
+    take(endless, 20)
+    assert endless.skipped["unreadable_shard"] >= 1 and endless.skipped["corrupt_image"] >= 1
+    # A resumed run ends with the same counts as the uninterrupted one (none lost, none counted twice).
+    first = build_train_loader(cfg, tokenizer, layout)
+    take(first, 7)
+    resumed = build_train_loader(cfg, tokenizer, layout)
+    resumed.load_state_dict(first.state_dict())
+    take(resumed, 13)
+    assert resumed.skipped == endless.skipped and resumed.num_samples == endless.num_samples == 100
+
+
+def test_plain_tarfile_jpg_shards_read_unchanged(tmp_path, tokenizer, layout):
+    """An img2dataset-style shard written by plain tarfile: KEY.jpg + KEY.txt, no JSON, odd sizes."""
+    world = World()
+    path = tmp_path / "plain-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(10):
+            sample = world.sample(i)
+            image = Image.fromarray(sample.image).resize((48, 40))  # not square, not 32 px
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=95)
+            for name, payload in ((f"{i:05d}.jpg", buffer.getvalue()), (f"{i:05d}.txt", sample.caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    decoded = list(iter_samples(str(path), image_size=32))
+    assert [d.caption for d in decoded] == [world.sample(i).caption for i in range(10)]
+    assert decoded[0].image.shape == (3, 32, 32) and decoded[0].metadata == {}
+    loader = build_train_loader(config(str(tmp_path), resampled=False, num_workers=0, batch_size=4), tokenizer, layout)
+    batches = list(loader)  # VQA draws fall back to caption/generation: no QA in these samples
+    assert [b.input_ids.shape[0] for b in batches] == [4, 4, 2] and loader.skipped == {}
+
+
+def test_config_errors(shards, tokenizer, layout):
+    with pytest.raises(ValueError, match="unknown task"):
+        DataConfig(task_weights={"captioning": 1.0})
+    with pytest.raises(ValueError, match="unknown DataConfig"):
+        DataConfig.from_dict({"train_shard": "x"})
+    with pytest.raises(ValueError, match="train_shards is empty"):
+        build_train_loader(DataConfig(), tokenizer, layout)
+    with pytest.raises(ValueError, match="rank"):
+        build_train_loader(config(shards), tokenizer, layout, rank=2, world_size=2)
+
+
+def test_finite_resume_when_one_worker_runs_dry_first(tmp_path, tokenizer, layout):
+    """Shards of unequal sizes: one worker finishes its shards early, the other goes on alone."""
+    write_synthetic_shards(tmp_path, 27, seed=0, max_count=12, prefix="a", progress=False)  # 12, 12, 3
+    write_synthetic_shards(tmp_path, 10, seed=1, max_count=4, prefix="b", progress=False)  # 4, 4, 2
+    cfg = config(str(tmp_path), resampled=False, batch_size=3, seed=2)
+    full, keys = take(build_train_loader(cfg, tokenizer, layout), 14)
+    assert len(set(sum(keys[:13], []))) == 37  # the first epoch: 13 batches (some partial)
+    for split_at in (4, 9, 12):
+        first = build_train_loader(cfg, tokenizer, layout)
+        take(first, split_at)
+        resumed = build_train_loader(cfg, tokenizer, layout)
+        resumed.load_state_dict(first.state_dict())
+        rest, rest_keys = take(resumed, 14 - split_at)
+        assert rest_keys == keys[split_at:], split_at
+        same_batches(rest, full[split_at:])
+
+
+def test_skip_counter_plugs_into_webdataset(tmp_path):
+    from data.skips import SkipCounter
+
+    counter = SkipCounter()
+    pipeline = wds.tarfile_to_samples(handler=counter.handler("unreadable_shard"))
+    assert list(pipeline([{"url": str(tmp_path / "missing.tar")}])) == []
+    assert counter.as_dict() == {"unreadable_shard": 1}
