@@ -1,0 +1,124 @@
+"""The `shapes` suite: captioning, VQA and checked generation on the synthetic world.
+
+Scenes come from the world's `eval` and `heldout` splits (`data.synthetic.World`), whose seed
+streams differ from the `train` split's, so no evaluated scene was seen in training (the training
+run's own `eval`/`heldout` shards hold these same scenes: index i of (split, seed) is fixed).
+
+- Captioning: the first `num_samples` `eval` scenes; exact match, BLEU-4 and CIDEr-D against the
+  one true caption.
+- VQA: `qa_per_image` question-answer pairs of each of those images (drawn without replacement
+  under the world seed; 0 = all ~27), VQAv2 accuracy overall and per question kind (count, colour,
+  shape, size, position, exists).
+- Generation: images from the captions of ceil(N/2) `eval` scenes ("seen": every (colour, shape)
+  was in training) and floor(N/2) `heldout` scenes (each has a held-out combination); each image
+  is read back by `data.checker.Checker` and compared with the scene's objects.
+- FID/KID (optional): the generated images against the true renders of the same scenes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.checker import Checker
+from data.synthetic import SyntheticSample, World, WorldConfig
+
+from .suites import (
+    EvalSettings,
+    Grid,
+    answer_questions,
+    as_pil,
+    caption_images,
+    caption_label,
+    caption_metrics,
+    fid_metrics,
+    flat,
+    generate_images,
+    generation_label,
+    generation_metrics,
+    verdict,
+    vqa_metrics,
+    write_outputs,
+)
+
+# Question kinds by the opening words of the synthetic world's templates
+# (`data.synthetic.question_answers`).
+QUESTION_KINDS = (("how many", "count"), ("what colour", "colour"), ("what shape", "shape"),
+                  ("what size", "size"), ("where", "position"), ("is there", "exists"))
+
+
+def question_kind(question: str) -> str:
+    """The category of a synthetic-world question ("count", "colour", ..., or "other")."""
+    text = question.strip().lower()
+    return next((kind for prefix, kind in QUESTION_KINDS if text.startswith(prefix)), "other")
+
+
+def select_qa(sample: SyntheticSample, index: int, qa_per_image: int, world_seed: int) -> list[dict[str, str]]:
+    """`qa_per_image` of the sample's QA pairs (all when 0 or when it has fewer), in their order;
+    the choice depends only on (world_seed, index), so every evaluation asks the same questions."""
+    if qa_per_image == 0 or qa_per_image >= len(sample.qa):
+        return list(sample.qa)
+    rng = np.random.default_rng([world_seed, index, 1])
+    chosen = sorted(rng.choice(len(sample.qa), size=qa_per_image, replace=False))
+    return [sample.qa[i] for i in chosen]
+
+
+def run_shapes(model, world_config: WorldConfig | None = None, num_samples: int = 200,
+               settings: EvalSettings | None = None, qa_per_image: int = 5, fid: bool = False,
+               feature_path: str | None = None, world_seed: int = 0, out_dir: str | Path | None = None,
+               title: str = "shapes suite") -> dict[str, Any]:
+    """Run the suite on `model` (anything with `caption`/`answer`/`generate`, see `eval.suites`);
+    returns the flat metrics dict. With `out_dir`, also writes metrics.json, summary.md, grids
+    (captions.png, generated_seen.png, generated_heldout.png) and predictions.jsonl there."""
+    settings = settings or EvalSettings()
+    world = World(world_config or WorldConfig())
+    if not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"the shapes suite needs num_samples >= 2 (half seen, half held-out scenes), got {num_samples}")
+    if not isinstance(qa_per_image, int) or qa_per_image < 0:
+        raise ValueError(f"qa_per_image must be >= 0 (0 = every QA pair), got {qa_per_image!r}")
+    scenes = [world.sample(i, "eval", world_seed) for i in range(num_samples)]
+    predictions: list[dict[str, Any]] = []
+
+    # ---- captioning
+    images = [s.image for s in scenes]  # (H, W, 3) uint8
+    captions = caption_images(model, images, settings)
+    metrics = caption_metrics(captions, [[s.caption] for s in scenes])
+    predictions += [{"task": "caption", "split": "eval", "index": i, "prediction": p, "reference": s.caption}
+                    for i, (p, s) in enumerate(zip(captions, scenes))]
+
+    # ---- VQA
+    asked = [(i, qa) for i, s in enumerate(scenes) for qa in select_qa(s, i, qa_per_image, world_seed)]
+    answers = answer_questions(model, [images[i] for i, _ in asked], [qa["question"] for _, qa in asked], settings)
+    metrics.update(vqa_metrics(answers, [[qa["answer"]] for _, qa in asked],
+                               [question_kind(qa["question"]) for _, qa in asked]))
+    predictions += [{"task": "vqa", "split": "eval", "index": i, "question": qa["question"], "prediction": a,
+                     "reference": qa["answer"]} for (i, qa), a in zip(asked, answers)]
+
+    # ---- generation, checked
+    num_heldout = num_samples // 2 if world.config.heldout else 0
+    targets = [(s, "seen", i) for i, s in enumerate(scenes[: math.ceil(num_samples / 2) if num_heldout else None])]
+    targets += [(world.sample(i, "heldout", world_seed), "heldout", i) for i in range(num_heldout)]
+    generated = generate_images(model, [s.caption for s, _, _ in targets], settings)
+    checker = Checker(world.config)
+    results = [checker.check(image, s.objects) for image, (s, _, _) in zip(generated, targets)]
+    metrics.update(generation_metrics(results, [group for _, group, _ in targets]))
+    predictions += [{"task": "generation", "split": "eval" if group == "seen" else "heldout", "index": i,
+                     "prompt": s.caption, "verdict": verdict(r), "detected": r["detected"]}
+                    for (s, group, i), r in zip(targets, results)]
+
+    if fid:
+        metrics.update(fid_metrics([as_pil(s.image) for s, _, _ in targets], generated, feature_path, settings))
+
+    metrics = flat(metrics)
+    if out_dir is not None:
+        grids = [Grid("captions", [as_pil(im) for im in images],
+                      [caption_label(p, s.caption) for p, s in zip(captions, scenes)])]
+        for group in ("seen", "heldout"):
+            chosen = [k for k, (_, g, _) in enumerate(targets) if g == group]
+            grids.append(Grid(f"generated_{group}", [generated[k] for k in chosen],
+                              [generation_label(targets[k][0].caption, results[k]) for k in chosen]))
+        write_outputs(out_dir, metrics, grids, predictions, title, settings)
+    return metrics
