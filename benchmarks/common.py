@@ -1,0 +1,277 @@
+"""Shared pieces of the training benchmarks: a synthetic batch, one timed training step, the analytic
+FLOP count, the machine's measured matmul rate and peak memory.
+
+Dimension legend: B sequences, T padded length, D width, F MLP width, L layers, V vocabulary,
+H query heads, Hkv key/value heads, P patch positions per image, E = C·p·p values per patch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import random
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from unimodal.config import ModelConfig
+from unimodal.diffusion import make_process
+from unimodal.layout import Batch, SequenceLayout
+from unimodal.model import UniModalModel, noise_images
+from unimodal.tokenizer import Tokenizer
+
+# Words of the synthetic shapes world (data/synthetic.py); captions are drawn from them at random so
+# the sequences have the lengths real training sees without depending on the data package.
+WORDS = ("a small large red green blue yellow magenta cyan circle square triangle at the top bottom left "
+         "right center in on and").split()
+QUESTIONS = ("how many shapes are there?", "what colour is the circle?", "what shape is on the left?",
+             "is there a red square?")
+ANSWERS = ("2", "red", "circle", "yes", "no", "3")
+TASKS = ("generation", "caption", "vqa")  # the mix cycles through these, one sequence each
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def benchmark_tokenizer() -> Tokenizer:
+    """A small sentencepiece model over the shapes-world words (trained in memory, < 1 s)."""
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)]
+    corpus += [SequenceLayout.question_text(q) + " " + a for q in QUESTIONS for a in ANSWERS]
+    return Tokenizer.train(corpus, vocab_size=256)
+
+
+def caption_ids(tokenizer: Tokenizer, rng: random.Random, num_tokens: int) -> list[int]:
+    """Exactly `num_tokens` non-special ids, taken from the tokenization of random shape words."""
+    ids: list[int] = []
+    while len(ids) < num_tokens:
+        ids += tokenizer.encode(" ".join(rng.choice(WORDS) for _ in range(num_tokens)))
+    return ids[:num_tokens]
+
+
+def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, caption_tokens: int = 12,
+                    seed: int = 0) -> Batch:
+    """A collated batch mixing generation / caption / VQA sequences as the layout builds them.
+
+    Images are random latents of the model's latent shape (the pixel codec's latents are the pixels),
+    so the codec is not part of the step, as in training on pre-encoded latents.
+    """
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    layout = SequenceLayout(tokenizer, config.num_image_tokens)
+    shape = (config.latent_channels, config.latent_size, config.latent_size)
+    examples = []
+    for i in range(batch_size):
+        image = torch.rand(shape, generator=generator) * 2 - 1
+        task = TASKS[i % len(TASKS)]
+        if task == "generation":
+            examples.append(layout.generation(caption_ids(tokenizer, rng, caption_tokens), image))
+        elif task == "caption":
+            examples.append(layout.caption(image, caption_ids(tokenizer, rng, caption_tokens)))
+        else:
+            examples.append(layout.vqa(image, rng.choice(QUESTIONS), rng.choice(ANSWERS)))
+    return layout.collate(examples)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The analytic FLOP model
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class FlopCount:
+    dense: int  # 6 · N_matmul · B·T: every Linear of the backbone, the LM head over all positions
+    attention: int  # 3 · L · 2 · 2·B·T²·D: QKᵀ and A·V, forward + backward, over the full T×T square
+    adapters: int  # 6 · (patch embed + denoise head) matmul parameters · tokens they see
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.attention + self.adapters
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """Weights of the per-token matmuls of the backbone and LM head (embeddings/norms excluded)."""
+    d, f, l = config.hidden_size, config.ffn_size, config.num_layers
+    head_dim = d // config.num_heads
+    kv = (config.num_kv_heads or config.num_heads) * head_dim
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * f  # q, k, v, o projections; gate, up, down (SwiGLU)
+    return l * per_layer + d * config.vocab_size
+
+
+def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: int) -> FlopCount:
+    """FLOPs of one training step (forward + backward; the optimizer's O(N) work is not counted).
+
+    A matmul of an (M, K) by a (K, N) matrix costs 2·M·K·N; the backward pass costs twice the forward
+    (gradients of the input and of the weight), hence the factors 6 = 2 · 3 and 3 below:
+
+        dense     = 6 · N_matmul · B · T
+                    N_matmul = L·(2·D² + 2·D·Hkv·Dh + 3·D·F) + D·V     (q,o + k,v + SwiGLU; LM head)
+        attention = 3 · L · 2 · (2 · B · T² · D)                     (QKᵀ and A·V, each 2·B·T²·D)
+        adapters  = 6 · N · P · (E·D + D·E)  +  6 · N · (2 · 256·D + D·D + D·2D)
+                    (patch projection and denoise projection per patch; time MLP and adaLN per image)
+
+    All positions count, padding included, and attention counts the full T×T square although the
+    mask would let a causal kernel skip about half of it: this is the work the kernels are asked to do.
+    """
+    d = config.hidden_size
+    tokens = batch_size * seq_len
+    dense = 6 * matmul_params(config) * tokens
+    attention = 3 * config.num_layers * 2 * (2 * batch_size * seq_len**2 * d)
+    adapter_patch = 2 * config.patch_dim * d  # PatchEmbed.proj (linear adapter) + DenoiseHead.proj
+    if config.patch_adapter == "mlp":
+        adapter_patch += d * d
+    adapter_image = 256 * d + d * d + d * 2 * d  # TimestepEmbedding (2 Linears) + adaLN modulation
+    adapters = 6 * num_images * (config.num_image_tokens * adapter_patch + adapter_image)
+    return FlopCount(dense, attention, adapters)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------------
+class MatmulProbe:
+    """The machine's matmul rate: FLOP/s of a (size × size) @ (size × size) `torch.mm` in `dtype` with the
+    current thread count. Each call times `reps` products and keeps the fastest; calling it between
+    training steps (see `time_steps`) samples the machine under the same load as the steps, so the
+    ratio of the two stays meaningful on a shared, noisy machine."""
+
+    def __init__(self, dtype: torch.dtype, size: int = 2048, reps: int = 3):
+        self.size, self.reps = size, reps
+        self.a = torch.randn(size, size).to(dtype)
+        self.b = torch.randn(size, size).to(dtype)
+        self.out = torch.empty(size, size, dtype=dtype)
+        self.rates: list[float] = []
+        torch.mm(self.a, self.b, out=self.out)  # first call: kernel selection, page faults
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the probe keeps resident (subtracted from the step's peak RSS)."""
+        return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.out))
+
+    def __call__(self) -> float:
+        best = float("inf")
+        for _ in range(self.reps):
+            start = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.out)
+            best = min(best, time.perf_counter() - start)
+        self.rates.append(2 * self.size**3 / best)
+        return self.rates[-1]
+
+
+def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, samples: int = 5) -> float:
+    """Median over `samples` probes of the (size × size) matmul rate (see `MatmulProbe`)."""
+    probe = MatmulProbe(dtype, size)
+    for _ in range(samples):
+        probe()
+    return statistics.median(probe.rates)
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux `clear_refs`); False if unsupported."""
+    gc.collect()
+    _malloc_trim()  # give freed heap back first, or the earlier peak's pages stay resident
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MiB (0 where /proc is unavailable)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (since start, or since `reset_peak_rss`)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def make_optimizer(model: torch.nn.Module, lr: float = 1e-4) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW with the fused CPU kernel where this torch has one, else the foreach (multi-tensor) path.
+    Fused measured ~8% less CPU time per tiny step than foreach (torch 2.13, batch 32, one thread)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=lr, fused=True), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, foreach=True), "foreach"
+
+
+class TrainStep:
+    """One training step as a training loop runs it: noise the images, forward, backward, AdamW.
+
+    The batch (collated, mask built) is made once: building it is the data loader's work. `dtype`
+    bfloat16 runs forward and loss under `torch.autocast("cpu", torch.bfloat16)` over fp32 weights.
+    """
+
+    def __init__(self, model: UniModalModel, batch: Batch, dtype: torch.dtype = torch.float32,
+                 optimizer: str = "auto", compile: bool = False, seed: int = 0):
+        self.model = model.train()
+        self.batch = batch
+        self.dtype = dtype
+        self.process = make_process(model.config)
+        self.generator = torch.Generator().manual_seed(seed)
+        if optimizer == "auto":
+            self.optimizer, self.optimizer_kind = make_optimizer(model)
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            kwargs = {"fused": True} if optimizer == "fused" else {"foreach": optimizer == "foreach"}
+            self.optimizer, self.optimizer_kind = torch.optim.AdamW(params, lr=1e-4, **kwargs), optimizer
+        self.forward: Callable = torch.compile(model) if compile else model
+
+    def __call__(self) -> float:
+        batch = self.batch
+        cfg = self.model.config
+        noised, timesteps, target = noise_images(self.process, batch.images, batch.image_is_target,
+                                                 cfg.condition_max_noise, self.generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            output = self.forward(batch.with_images(noised), timesteps, target)
+        output.loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(output.loss.detach())
+
+
+def time_steps(step: Callable[[], object], num_steps: int, warmup: int,
+               between: Callable[[], object] | None = None) -> list[float]:
+    """Seconds of each of `num_steps` calls after `warmup` untimed ones; `between` runs (untimed) after
+    each timed step, e.g. a `MatmulProbe`."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        if between is not None:
+            between()
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

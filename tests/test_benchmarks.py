@@ -1,0 +1,89 @@
+"""The training benchmarks run in-process on the debug preset and print sane JSON (no timing asserts)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks/` is a folder of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, scaling, train_throughput  # noqa: E402
+from unimodal.config import ModelConfig  # noqa: E402
+from unimodal.layout import IGNORE_INDEX  # noqa: E402
+
+THROUGHPUT_KEYS = {"samples_per_s", "tokens_per_s", "seconds_per_step", "peak_rss_mb", "params", "flops_per_step",
+                   "achieved_flops", "matmul_flops", "flops_ratio", "dtype", "threads", "preset", "batch_size",
+                   "seq_len", "distributed"}
+
+
+def last_json_line(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert lines, text
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_throughput_prints_sane_json(capsys, dtype):
+    result = train_throughput.main(["--preset", "debug", "--steps", "2", "--warmup", "1", "--batch-size", "3",
+                                    "--dtype", dtype, "--matmul-size", "256"])
+    printed = last_json_line(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(result))
+    assert THROUGHPUT_KEYS <= set(printed)
+    assert (printed["preset"], printed["dtype"], printed["batch_size"]) == ("debug", dtype, 3)
+    assert printed["threads"] == torch.get_num_threads()
+    for key in ("samples_per_s", "tokens_per_s", "seconds_per_step", "peak_rss_mb", "params", "flops_per_step",
+                "achieved_flops", "matmul_flops", "seq_len"):
+        assert printed[key] > 0, key
+    assert 0 < printed["flops_ratio"] < 2
+    assert printed["tokens_per_s"] == pytest.approx(printed["samples_per_s"] * printed["seq_len"])
+    assert "DeepSpeed" in printed["distributed"]
+
+
+def test_scaling_prints_one_line_per_point_and_a_plot(capsys, tmp_path):
+    results = scaling.main(["--preset", "debug", "--image-tokens", "4", "16", "--sweep-batch-size", "2",
+                            "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0", "--matmul-size", "256",
+                            "--out", str(tmp_path)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(lines) == len(results) == 4
+    assert [(p["sweep"], p["num_image_tokens"], p["batch_size"]) for p in lines] == [
+        ("image_tokens", 4, 2), ("image_tokens", 16, 2), ("batch", 16, 1), ("batch", 16, 2)]
+    for point in lines:
+        for key in ("seconds_per_step", "peak_rss_mb", "flops_per_step", "predicted_seconds", "matmul_flops"):
+            assert point[key] > 0, key
+        assert 0 < point["flops_ratio"] < 2
+    assert lines[1]["seq_len"] > lines[0]["seq_len"]
+    assert lines[1]["flops_per_step"] > lines[0]["flops_per_step"]
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+    assert len((tmp_path / "scaling.jsonl").read_text().splitlines()) == 4
+
+
+def test_synthetic_batch_mixes_the_three_tasks():
+    tokenizer = common.benchmark_tokenizer()
+    config = ModelConfig.preset("debug")
+    batch = common.synthetic_batch(config, tokenizer, batch_size=6, caption_tokens=12)
+    assert batch.num_images == 6
+    assert batch.image_is_target.tolist() == [True, False, False] * 2  # generation, caption, vqa
+    labelled = (batch.lm_labels != IGNORE_INDEX).sum(1).tolist()
+    assert labelled[0] == 0 and labelled[1] == 13  # caption: 12 tokens + <eos>
+    assert batch.attention_mask.shape == (6, 1, batch.input_ids.shape[1], batch.input_ids.shape[1])
+
+
+def test_flop_formula_matches_a_hand_count():
+    config = ModelConfig.preset("tiny")  # D=256, F=1024, L=6, V=512, 4 heads, no GQA
+    per_layer = 4 * 256 * 256 + 3 * 256 * 1024
+    assert common.matmul_params(config) == 6 * per_layer + 256 * 512
+    flops = common.step_flops(config, batch_size=2, seq_len=80, num_images=2)
+    assert flops.dense == 6 * common.matmul_params(config) * 2 * 80
+    assert flops.attention == 3 * 6 * 2 * (2 * 2 * 80**2 * 256)
+    assert flops.total == flops.dense + flops.attention + flops.adapters
+    # every Linear weight of the model is either in the dense count or an adapter (none left out)
+    from unimodal.model import UniModalModel
+
+    model = UniModalModel(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    adapters = 2 * config.patch_dim * 256 + 256 * 256 + 256 * 256 + 256 * 512
+    assert linear == common.matmul_params(config) + adapters
