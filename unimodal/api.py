@@ -133,15 +133,18 @@ class UniModal:
                              f"choose one of {self.process.schedulers}")
         height, width = self._latent_size(height, "height"), self._latent_size(width, "width")
         shape = (self.config.latent_channels, height, width)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
-                             for i in range(len(prompts))]).to(self.device, self.dtype)
+        # One generator per prompt: it draws the initial noise, then any noise a stochastic scheduler
+        # ("ddpm") adds at each step, so prompt i is reproducible alone or in a batch.
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device, self.dtype)
         tok = self.tokenizer
         prefixes = [[tok.bos_id] + tok.encode(p) + [tok.boi_id] for p in prompts]
         if guidance_scale != 1.0:
             prefixes += [[tok.bos_id, tok.boi_id]] * len(prompts)
         bar = tqdm(total=num_steps, desc="sampling", disable=not progress)
         latents = sample_latents(self.model, self.process, prefixes, noise, num_steps, guidance_scale, scheduler,
-                                 tok.pad_id, use_cache=use_cache, progress=lambda step, total: bar.update(1))
+                                 tok.pad_id, use_cache=use_cache, progress=lambda step, total: bar.update(1),
+                                 generator=generators)
         bar.close()
         images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
         return to_pil(images) if output_type == "pil" else images

@@ -158,7 +158,11 @@ def config_from_dict(cls, values: dict[str, Any]):
 # `base` is a GPU-scale model (~340M parameters in the backbone) over 256x256 images with an SD VAE.
 PRESETS: dict[str, dict[str, Any]] = {
     "debug": dict(hidden_size=64, num_layers=2, num_heads=4, image_size=16, patch_size=4),
-    "tiny": dict(hidden_size=256, num_layers=6, num_heads=4, image_size=32, patch_size=4),
+    # tiny: a time shift of 3 (more training at high noise, where layout and shape are decided) and
+    # the MLP patch adapter lifted generation all-correct on the shapes world from 0.17 to 0.70
+    # at equal steps in our sweeps (README, "How the tiny default was tuned").
+    "tiny": dict(hidden_size=256, num_layers=6, num_heads=4, image_size=32, patch_size=4, patch_adapter="mlp",
+                 time_shift=3.0),
     "small": dict(hidden_size=512, num_layers=8, num_heads=8, image_size=32, patch_size=2),
     "base": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, vocab_size=32000,
                  image_size=256, codec="vae", latent_channels=4, downsample_factor=8, patch_size=2,

@@ -19,9 +19,13 @@ def to_model_tensor(image: Any, size: int) -> torch.Tensor:
     Non-square images are resized on their shorter side and center-cropped; any size is accepted.
     """
     if isinstance(image, Image.Image):
-        tensor = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float() / 255.0
+        # np.array, not asarray: PIL's buffer is read-only and torch warns about wrapping it.
+        tensor = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255.0
     elif isinstance(image, (np.ndarray, torch.Tensor)):
-        tensor = _array_to_chw(torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image))
+        # ascontiguousarray: flipped views (e.g. BGR -> RGB as img[..., ::-1]) have negative strides,
+        # which torch cannot wrap.
+        tensor = _array_to_chw(torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray)
+                                               else image))
     else:
         raise TypeError(f"expected a PIL.Image, numpy array or torch.Tensor, got {type(image).__name__}")
     if tensor.min() >= 0:

@@ -6,14 +6,26 @@ Dimension legend: R rows in the model batch, T0 prompt length (left-padded), L p
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LlamaModel
 
 from .embeddings import patchify, unpatchify
 from .layout import Example, build_attention_mask
 from .model import UniModalModel
+
+
+# transformers renamed the decoder's `past_key_values` argument to `cache` (5.2x; the old name
+# warns until 5.40). Pick whichever this installation's decoders take, once.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def _run_decoder(model: UniModalModel, embeds, mask, positions, cache):
+    """The decoder's last hidden states (R, T, D); `cache` (or None) is extended in place."""
+    return model.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                         **{_CACHE_ARG: cache}).last_hidden_state
 
 
 # ----------------------------------------------------------------------------- text decoding
@@ -73,8 +85,7 @@ def decode_text(model: UniModalModel, prompts: Sequence[Example], latents: torch
         else:
             embeds, _ = model.embed(step_ids, latents, timesteps, batch_index, starts)  # (R, T, D)
             mask = build_attention_mask(step_valid, batch_index, starts, num_tokens)
-        hidden = model.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=step_positions,
-                               cache=cache, use_cache=use_cache).last_hidden_state
+        hidden = _run_decoder(model, embeds, mask, step_positions, cache)
         token = _pick_token(model.lm_head(hidden[:, -1]), temperature, top_p, generator)  # (R,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         generated.append(token)
@@ -94,12 +105,15 @@ def decode_text(model: UniModalModel, prompts: Sequence[Example], latents: torch
 @torch.no_grad()
 def sample_latents(model: UniModalModel, process, prefixes: Sequence[Sequence[int]], noise: torch.Tensor,
                    num_steps: int, guidance_scale: float, scheduler_name: str, pad_id: int,
-                   use_cache: bool = True, progress: Callable | None = None) -> torch.Tensor:
+                   use_cache: bool = True, progress: Callable | None = None,
+                   generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """Denoise `noise` (B, C, H, W) conditioned on token prefixes `<bos> text <boi>` (B of them).
 
     With guidance (scale != 1) the first B prefixes are conditional and the next B unconditional;
     both halves run as one batch. The prefix is causal and never sees the image, so with the
     cache its keys/values are computed once and the image block alone runs at each step.
+    `generator` (one, or one per image) drives stochastic schedulers such as "ddpm"; without it
+    they draw from the global RNG and the result is not reproducible.
     """
     num_images = noise.shape[0]
     guided = guidance_scale != 1.0
@@ -126,8 +140,8 @@ def sample_latents(model: UniModalModel, process, prefixes: Sequence[Sequence[in
     if use_cache:
         cache = DynamicCache(config=model.decoder.config)
         prefix_embeds = model.decoder.get_input_embeddings()(prefix_ids)  # (R, L, D)
-        model.decoder(inputs_embeds=prefix_embeds, attention_mask=full_mask[:, :, :total_prefix, :total_prefix],
-                      position_ids=full_positions[:, :total_prefix], cache=cache, use_cache=True)
+        _run_decoder(model, prefix_embeds, full_mask[:, :, :total_prefix, :total_prefix],
+                     full_positions[:, :total_prefix], cache)
 
     scheduler = process.make_scheduler(scheduler_name)
     scheduler.set_timesteps(num_steps, device=device)
@@ -140,23 +154,21 @@ def sample_latents(model: UniModalModel, process, prefixes: Sequence[Sequence[in
         t = process.model_time(scheduler, timestep).expand(rows).to(device)
         if use_cache:
             tokens, time = model.patch_embed(model_input, t)  # (R, P, D), (R, D)
-            hidden = model.decoder(inputs_embeds=tokens.to(prefix_embeds.dtype),
-                                   attention_mask=full_mask[:, :, total_prefix:, :],
-                                   position_ids=image_positions, cache=cache, use_cache=True).last_hidden_state
+            hidden = _run_decoder(model, tokens.to(prefix_embeds.dtype), full_mask[:, :, total_prefix:, :],
+                                  image_positions, cache)
             cache.crop(-num_tokens)  # forget this step's image keys; the prefix stays
             pred = model.denoise_head(hidden, time.to(hidden.dtype))  # (R, P, E)
             pred = unpatchify(pred, model.config.patch_size, *model_input.shape[1:])
         else:
             ids = torch.cat([prefix_ids, torch.full((rows, num_tokens), pad_id, device=device)], 1)
             embeds, time = model.embed(ids, model_input, t, batch_index, starts)
-            hidden = model.decoder(inputs_embeds=embeds, attention_mask=full_mask, position_ids=full_positions,
-                                   use_cache=False).last_hidden_state
+            hidden = _run_decoder(model, embeds, full_mask, full_positions, None)
             pred = model.predict_denoise(hidden, time, batch_index, starts, tuple(model_input.shape))
         pred = pred.to(dtype)
         if guided:
             conditional, unconditional = pred.chunk(2)
             pred = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(pred, timestep, latents).prev_sample
+        latents = scheduler.step(pred, timestep, latents, generator=generator).prev_sample
         if progress is not None:
             progress(step + 1, len(timesteps))
     return latents

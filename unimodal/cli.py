@@ -1,0 +1,150 @@
+"""The `unimodal` command: caption, answer and generate with an exported model folder.
+
+    unimodal caption cat.png dog.jpg --model runs/tiny/export
+    unimodal answer cat.png "what colour is the cat?" --model runs/tiny/export
+    unimodal generate "a red circle" "a blue square" --model runs/tiny/export --out grid.png --out-dir images/
+
+Bad arguments (a missing model folder or image, an unknown scheduler, ...) print a message and exit
+with status 2, like any argparse error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unimodal", description="Caption, answer questions about and generate "
+                                     "images with an exported unimodal model.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, type=Path, metavar="FOLDER",
+                        help="exported model folder (config.json, model.safetensors, tokenizer.model, ...)")
+    common.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+
+    text = argparse.ArgumentParser(add_help=False)
+    text.add_argument("--max-new-tokens", type=int, default=None, help="longest reply in tokens")
+    text.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    text.add_argument("--top-p", type=float, default=1.0)
+    text.add_argument("--seed", type=int, default=0)
+
+    caption = commands.add_parser("caption", parents=[common, text], help="describe images",
+                                  description="Print one line per image: PATH<TAB>caption.")
+    caption.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+
+    answer = commands.add_parser("answer", parents=[common, text], help="answer a question about images",
+                                 description="Ask QUESTION about each IMAGE; print one line per image: "
+                                             "PATH<TAB>answer.")
+    answer.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    answer.add_argument("question", metavar="QUESTION")
+
+    generate = commands.add_parser("generate", parents=[common], help="generate images from prompts",
+                                   description="Generate one image per prompt; save a labelled grid (--out) "
+                                               "and/or each image (--out-dir).")
+    generate.add_argument("prompts", nargs="+", metavar="PROMPT")
+    generate.add_argument("--out", type=Path, help="PNG file for a grid of the images labelled with their prompts")
+    generate.add_argument("--out-dir", type=Path, help="folder to save each image in (NNN_prompt.png)")
+    generate.add_argument("--num-steps", type=int, default=25)
+    generate.add_argument("--guidance-scale", type=float, default=3.0, help="1 disables classifier-free guidance")
+    generate.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    generate.add_argument("--scheduler", default=None,
+                          help="euler or dpmsolver++ (flow models); ddim, ddpm or dpmsolver++ (ddpm models)")
+    generate.add_argument("--height", type=int, default=None, help="pixels; default: the model's image size")
+    generate.add_argument("--width", type=int, default=None, help="pixels; default: the model's image size")
+    generate.add_argument("--cell-size", type=int, default=128, help="pixels per image in the grid")
+    for command_parser in (caption, answer, generate):  # errors print the usage of their own command
+        command_parser.set_defaults(command_parser=command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    parser = args.command_parser
+    if args.command == "generate" and args.out is None and args.out_dir is None:
+        parser.error("generate needs --out GRID.png and/or --out-dir FOLDER to save the images")
+    if getattr(args, "out", None) is not None and args.out.suffix.lower() not in _image_extensions():
+        parser.error(f"--out {args.out}: name the grid file with an image extension such as .png")
+    if not args.model.is_dir():
+        parser.error(f"--model {args.model}: no such folder (pass an exported model folder)")
+    images = [_open_image(parser, path) for path in getattr(args, "images", [])]
+
+    import torch
+
+    from .api import UniModal  # after argument checks: `unimodal --help` stays fast
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device}: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    try:
+        model = UniModal.from_pretrained(args.model, device=device)
+        if args.command == "caption":
+            _print_replies(args.images, model.caption(images, **_text_options(args, 32)))
+        elif args.command == "answer":
+            questions = [args.question] * len(images)
+            _print_replies(args.images, model.answer(images, questions, **_text_options(args, 16)))
+        else:
+            _generate(model, args)
+    except (ValueError, TypeError, FileNotFoundError) as error:  # user errors, worded by the API
+        parser.error(str(error))
+    return 0
+
+
+def _open_image(parser: argparse.ArgumentParser, path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        parser.error(f"image {path}: no such file")
+    except (UnidentifiedImageError, OSError) as error:
+        parser.error(f"image {path}: cannot read it ({error})")
+
+
+def _image_extensions() -> set[str]:
+    return set(Image.registered_extensions())
+
+
+def _text_options(args: argparse.Namespace, default_tokens: int) -> dict:
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else default_tokens
+    return dict(max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def _print_replies(paths: list[Path], replies: list[str]) -> None:
+    for path, reply in zip(paths, replies):
+        print(f"{path}\t{reply}")
+
+
+def _generate(model, args: argparse.Namespace) -> None:
+    from .images import image_grid
+
+    images = model.generate(args.prompts, num_steps=args.num_steps, guidance_scale=args.guidance_scale,
+                            seed=args.seed, height=args.height, width=args.width, scheduler=args.scheduler,
+                            progress=sys.stderr.isatty())
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for index, (image, prompt) in enumerate(zip(images, args.prompts)):
+            path = args.out_dir / f"{index:03d}_{_slug(prompt)}.png"
+            image.save(path)
+            print(path)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, labels=args.prompts, cell_size=args.cell_size).save(args.out)
+        print(args.out)
+
+
+def _slug(text: str, max_chars: int = 40) -> str:
+    """A file-name-safe version of a prompt: 'A red circle!' -> 'a-red-circle'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_chars].rstrip("-") or "image"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
