@@ -1,0 +1,372 @@
+"""The typed run configuration: defaults <- YAML file <- dot-path overrides, strict about unknown keys.
+
+    config = load_run_config("configs/tiny.yaml", ["deepspeed.zero_stage=3", "schedule.total_steps=50"])
+
+Every section is a dataclass; unknown keys at any depth raise `ValueError` naming the dotted path,
+so a typo fails at start-up instead of silently training the wrong thing. Override values are
+parsed as YAML (`true`, `3e-4`, `[1, 2]`, `null`). The resolved config is written into the run
+folder as `config.yaml`, and loading that file gives back the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from data.config import DataConfig
+from unimodal.config import ModelConfig, config_from_dict, preset_values
+
+PRECISIONS = ("auto", "fp32", "bf16", "bf16_autocast")
+OPTIMIZER_IMPLS = ("deepspeed", "torch")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer the run uses."""
+
+    path: str | None = None  # a sentencepiece .model used as is; None = train one on the shards' text
+    vocab_size: int = 512  # size of a tokenizer trained here (lowered automatically on tiny corpora)
+    max_samples: int = 5000  # train-shard samples whose caption and QA text train it
+
+
+@dataclass
+class SyntheticConfig:
+    """Synthetic-world shards written before training when they are missing (the tiny main job)."""
+
+    enabled: bool = False
+    output_dir: str | None = None  # None = <run folder>/shards; relative paths resolve against the cwd
+    num_train: int = 20000
+    num_eval: int = 500
+    num_heldout: int = 500
+    samples_per_shard: int = 2000
+    seed: int = 0
+    # data.synthetic.WorldConfig fields (image_size comes from model.image_size). Saved as world.json
+    # beside the shards and in the export, so eval checks generations against the same world.
+    world: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW. `impl="deepspeed"`: DeepSpeed's own AdamW entry with `torch_adam` (no JIT-compiled
+    FusedAdam); `impl="torch"`: a client `torch.optim.AdamW` (fused on GPU, foreach on CPU)."""
+
+    impl: str = "deepspeed"
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.05  # applied to matrices only; norms, biases and embeddings are exempt
+    fused: bool | None = None  # torch impl: None = fused on GPU, foreach on CPU
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up then cosine decay, counted in optimizer steps."""
+
+    total_steps: int = 1000
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+
+
+@dataclass
+class EngineConfig:
+    """What the derived DeepSpeed config is made of (see `training.engine.deepspeed_config`).
+
+    The micro-batch is `data.batch_size` (sequences per process per forward), so batch sizes are
+    set in one place; the global batch is data.batch_size * gradient_accumulation_steps * world size.
+    """
+
+    zero_stage: int = 0  # 0-3
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0  # 0 disables clipping
+    # auto: bf16 (DeepSpeed mixed precision) on GPU, fp32 on CPU. bf16_autocast: fp32 weights and
+    # torch.autocast(bf16) forwards; ~2x faster matmuls on CPUs with avx512_bf16.
+    precision: str = "auto"
+    dist_timeout_s: int = 1800
+    # Merged last into the derived DeepSpeed config, for settings this file does not model
+    # (e.g. {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}).
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
+    keep: int = 3  # newest complete checkpoints kept; older ones are deleted
+    # "auto": continue from the run folder's latest checkpoint if there is one; "never": start fresh
+    # (refuses to overwrite existing checkpoints); or a path to a checkpoints folder or one checkpoint.
+    resume: str = "auto"
+    export: bool = True  # write the inference folder (EMA weights) at the end
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.999  # diffusers warms it up as min(decay, (1 + s) / (10 + s))
+    update_every: int = 1  # optimizer steps between updates (under ZeRO-3 each update gathers weights)
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10  # optimizer steps between metric records
+    progress_bar: bool = True
+    tensorboard: bool = True
+    plot: bool = True  # loss curves as a PNG at the end
+    sample_every: int = 0  # optimizer steps between sample grids; 0 = only at the end; -1 = never
+    num_samples: int = 8  # prompts to generate and images to caption per grid
+    sample_prompts: list[str] = field(default_factory=list)  # empty = captions of the grid's images
+    # Shards whose first images (and captions) fill the grids; None = the synthetic eval split when
+    # `synthetic.enabled`, else data.train_shards.
+    sample_shards: str | None = None
+    sample_steps: int = 20
+    guidance_scale: float = 3.0
+
+
+@dataclass
+class FaultConfig:
+    max_consecutive_nonfinite: int = 5  # non-finite losses in a row that stop the run
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = False  # run `eval.run.main` on the export at the end (writes <run>/eval/)
+    suite: str = "tiny"  # "tiny"/"shapes" (synthetic world) or "shards" (the sample shards)
+    extra_args: list[str] = field(default_factory=list)  # passed verbatim to eval.run.main
+    # In-training shapes-suite metrics (eval/* in metrics.jsonl) every N steps from the EMA
+    # weights; 0 = never. Needs synthetic.enabled.
+    every: int = 0
+    num_samples: int = 16
+    num_steps: int = 10
+
+
+@dataclass
+class RunConfig:
+    """A whole training run. Sections map one-to-one onto YAML sections."""
+
+    name: str = "run"
+    output_dir: str | None = None  # default runs/<name>
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    deepspeed: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ValueError naming the field."""
+        engine, sched = self.deepspeed, self.schedule
+        if engine.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {engine.zero_stage}")
+        if engine.precision not in PRECISIONS:
+            raise ValueError(f"deepspeed.precision={engine.precision!r}; expected one of {PRECISIONS}")
+        if self.optimizer.impl not in OPTIMIZER_IMPLS:
+            raise ValueError(f"optimizer.impl={self.optimizer.impl!r}; expected one of {OPTIMIZER_IMPLS}")
+        positive = {"deepspeed.gradient_accumulation_steps": engine.gradient_accumulation_steps,
+                    "schedule.total_steps": sched.total_steps, "checkpoint.every": self.checkpoint.every,
+                    "checkpoint.keep": self.checkpoint.keep, "logging.every": self.logging.every,
+                    "ema.update_every": self.ema.update_every,
+                    "faults.max_consecutive_nonfinite": self.faults.max_consecutive_nonfinite}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 <= sched.warmup_steps <= sched.total_steps:
+            raise ValueError(f"schedule.warmup_steps must lie in [0, total_steps={sched.total_steps}], "
+                             f"got {sched.warmup_steps}")
+        if not 0.0 <= sched.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio must lie in [0, 1], got {sched.min_lr_ratio}")
+        if not 0.0 <= self.ema.decay < 1.0:
+            raise ValueError(f"ema.decay must lie in [0, 1), got {self.ema.decay}")
+        if self.eval.every < 0 or (self.eval.every > 0 and not self.synthetic.enabled):
+            raise ValueError(f"eval.every={self.eval.every}: in-training eval needs synthetic.enabled and every >= 0")
+        if self.eval.every > 0 and self.eval.num_samples < 2:
+            raise ValueError(f"eval.num_samples must be >= 2 (half seen, half held-out scenes), got {self.eval.num_samples}")
+        if self.logging.sample_every < -1:
+            raise ValueError(f"logging.sample_every must be -1 (never), 0 (at the end) or positive, got "
+                             f"{self.logging.sample_every}")
+        if len(self.optimizer.betas) != 2:
+            raise ValueError(f"optimizer.betas needs two values, got {self.optimizer.betas}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-safe: tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------------------- loading
+def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults <- YAML at `path` (and the files it `extends`) <- `key.path=value` overrides. A YAML
+    without `name` is named after its file (configs/tiny.yaml -> "tiny")."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_yaml(Path(path))
+        values.setdefault("name", Path(path).stem)
+    for override in overrides:
+        apply_override(values, override)
+    return run_config_from_dict(values)
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict. `extends: other.yaml` (relative to this file) loads that file first
+    and merges this one over it, section by section."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no run config at {path}")
+    if path.resolve() in _seen:
+        raise ValueError(f"config files extend each other in a cycle: {[str(p) for p in _seen]}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of config sections, got {type(values).__name__}")
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    return deep_merge(read_yaml(path.parent / parent, (*_seen, path.resolve())), values)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`; nested dicts merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_dicts else value
+    return merged
+
+
+def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build and check a RunConfig. `data.image_size` and `data.seed` default to `model.image_size`
+    and the run `seed`, so one value sets both; an explicit data.image_size must agree."""
+    values = dict(values)
+    data = dict(values.get("data") or {})
+    model = _build(ModelConfig, values.get("model"), "model")
+    data.setdefault("image_size", model.image_size)
+    data.setdefault("seed", values.get("seed", RunConfig.seed))
+    values["data"] = data
+    config = _build(RunConfig, values, "")
+    if not config.data.latents and config.data.image_size != config.model.image_size:
+        raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size="
+                         f"{config.model.image_size}; set model.image_size only (data follows it)")
+    return config
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def apply_override(values: dict[str, Any], override: str) -> None:
+    """Set `values[a][b][c] = parsed` for the override "a.b.c=parsed" (value parsed as YAML)."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {override!r} has an empty key segment")
+    _check_path(parts, override)
+    node = values
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _check_path(parts: list[str], override: str) -> None:
+    """Reject an override whose path does not exist in the schema (free-form dicts excepted)."""
+    cls: Any = RunConfig
+    for depth, part in enumerate(parts):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return  # inside a free-form dict (e.g. deepspeed.overrides): anything goes
+        hints = typing.get_type_hints(cls)
+        known = set(hints) | ({"preset"} if cls is ModelConfig else set())
+        if part not in known:
+            where = ".".join(parts[:depth]) or "the run config"
+            raise ValueError(f"override {override!r}: {where} has no key {part!r}; known: {sorted(known)}")
+        cls = _dataclass_of(hints.get(part))
+
+
+def _dataclass_of(hint: Any) -> Any:
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _build(cls, values: Any, path: str):
+    """Instantiate dataclass `cls` from a nested dict, coercing scalar types and naming bad paths."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path or 'the run config'} must be a mapping, got {type(values).__name__}")
+    if cls is ModelConfig:
+        values = dict(values)
+        base = preset_values(values.pop("preset")) if "preset" in values else {}
+        values = {**base, **values}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        where = path or "the run config"
+        raise ValueError(f"unknown key(s) {[f'{path}.{k}'.lstrip('.') for k in unknown]} in {where}; "
+                         f"known: {sorted(hints)}")
+    built = {}
+    for name, value in values.items():
+        sub = _dataclass_of(hints[name])
+        dotted = f"{path}.{name}".lstrip(".")
+        built[name] = _build(sub, value, dotted) if sub is not None else _coerce(value, hints[name], dotted)
+    try:
+        return config_from_dict(cls, built)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path or 'run config'}: {error}") from None
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """YAML quirks -> declared types: '3e-4' -> 3e-4 for floats, ints -> floats, lists -> tuples."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _coerce(value, options[0], path) if len(options) == 1 else value
+    try:
+        if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if hint is int and isinstance(value, str):
+            return int(value)
+        if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. "--num-samples 2" in a list of CLI arguments
+        if origin is tuple and isinstance(value, list):
+            return tuple(_coerce(v, args[0] if args else Any, path) for v in value)
+        if origin is list and isinstance(value, list) and args:
+            return [_coerce(v, args[0], path) for v in value]
+    except ValueError:
+        raise ValueError(f"{path}={value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

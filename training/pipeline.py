@@ -1,0 +1,173 @@
+"""What a run reads: shards (written first when the synthetic world is asked for), the tokenizer
+(given, or trained on the shards' text and stored in the run folder), the data loader and the
+fixed images/prompts of the sample grids.
+
+Steps that write files run on rank 0 while the other ranks wait (`barrier`), so every rank then
+reads the same shards and the same tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from data import write_shards
+from data.reader import build_train_loader, iter_samples
+from data.shards import expand_shards, iter_shards
+from data.skips import SkipCounter
+from data.synthetic import WorldConfig
+from data.tasks import qa_pairs
+from unimodal.layout import SequenceLayout
+from unimodal.tokenizer import Tokenizer
+
+from .config import RunConfig
+from .samples import SampleSet
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "eval", "heldout")
+TOKENIZER_DIR = "tokenizer"
+WORLD_FILE = "world.json"  # the name eval.run looks for in an export folder
+
+
+# -------------------------------------------------------------------------------------- shards
+def synthetic_dir(config: RunConfig) -> Path:
+    """Where the synthetic splits live: `synthetic.output_dir`, or <run folder>/shards."""
+    return Path(config.synthetic.output_dir) if config.synthetic.output_dir else config.run_dir / "shards"
+
+
+def resolve_shards(config: RunConfig) -> None:
+    """Point empty shard settings at the synthetic splits (train for training, eval for grids)."""
+    if not config.synthetic.enabled:
+        if not config.data.train_shards:
+            raise ValueError("data.train_shards is empty and synthetic.enabled is false: point data.train_shards "
+                             "at shards (a brace pattern, a folder of .tar files or a list), or enable synthetic")
+        return
+    root = synthetic_dir(config)
+    if not config.data.train_shards:
+        config.data.train_shards = str(root / "train")
+    if config.logging.sample_shards is None:
+        config.logging.sample_shards = str(root / "eval")
+
+
+def world_config(config: RunConfig) -> WorldConfig:
+    """The synthetic world of the run: `synthetic.world` at the model's image size."""
+    return WorldConfig.from_dict({**config.synthetic.world, "image_size": config.model.image_size})
+
+
+def world_json(config: RunConfig) -> dict:
+    """The world config as it reads back from world.json (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(world_config(config))))
+
+
+def write_world_file(config: RunConfig, folder: Path) -> Path:
+    """world.json (WorldConfig fields) into `folder`, written atomically."""
+    path = folder / WORLD_FILE
+    tmp = path.with_name(f".{WORLD_FILE}.tmp")
+    tmp.write_text(json.dumps(world_json(config), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
+    """Write each missing synthetic split with `data.write_shards` (rank 0; the others wait).
+
+    A split is written into a hidden staging folder and renamed when complete, so an interrupted
+    write is redone rather than half-used.
+    """
+    if not config.synthetic.enabled:
+        return
+    syn, root = config.synthetic, synthetic_dir(config)
+    counts = {"train": syn.num_train, "eval": syn.num_eval, "heldout": syn.num_heldout}
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        world_file = root / WORLD_FILE
+        if world_file.is_file() and json.loads(world_file.read_text()) != world_json(config):
+            raise ValueError(f"{root} holds shards of another synthetic world ({world_file}); point "
+                             "synthetic.output_dir elsewhere or delete that folder")
+        write_world_file(config, root)
+        for split in SPLITS:
+            final = root / split
+            if final.is_dir() or counts[split] <= 0:
+                continue
+            staging = root / f".{split}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            argv = ["synthetic", "--out", str(staging), "--num-samples", str(counts[split]), "--seed", str(syn.seed),
+                    "--split", split, "--world-config", str(world_file), "--max-count", str(syn.samples_per_shard),
+                    "--no-progress"]
+            log.info("writing %d synthetic %s samples to %s", counts[split], split, final)
+            code = write_shards.main(argv)
+            if code:
+                raise RuntimeError(f"data.write_shards failed with exit code {code} for {argv}")
+            os.replace(staging, final)
+    barrier()
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+def shard_texts(spec: str | list[str], max_samples: int) -> Iterator[str]:
+    """Captions, questions (as the layout phrases them) and answers of the first `max_samples`
+    samples of `spec`, read from the raw shard files without decoding any image."""
+    counter = SkipCounter(where="[tokenizer corpus]")
+    for raw in islice(iter_shards(expand_shards(spec), counter), max_samples):
+        caption = raw.get("txt", b"")
+        if caption:
+            yield caption.decode("utf-8", errors="replace").strip()
+        if "json" in raw:
+            try:
+                metadata = json.loads(raw["json"])
+            except ValueError:
+                continue
+            if isinstance(metadata, dict):
+                for question, answer in qa_pairs(metadata):
+                    yield SequenceLayout.question_text(question)
+                    yield answer
+
+
+def load_tokenizer(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> Tokenizer:
+    """A given `.model` is used as is; otherwise the run folder's tokenizer, trained there (by
+    rank 0) on the training shards' text the first time."""
+    if config.tokenizer.path:
+        return Tokenizer.from_file(config.tokenizer.path)
+    folder = config.run_dir / TOKENIZER_DIR
+    if is_main and not (folder / "tokenizer.model").is_file():
+        texts = list(shard_texts(config.data.train_shards, config.tokenizer.max_samples))
+        if not texts:
+            raise ValueError(f"no caption text found in data.train_shards={config.data.train_shards!r} to train a "
+                             "tokenizer; pass tokenizer.path to a sentencepiece .model instead")
+        log.info("training a %d-token tokenizer on %d texts from the train shards", config.tokenizer.vocab_size,
+                 len(texts))
+        Tokenizer.train(texts, vocab_size=config.tokenizer.vocab_size).save_pretrained(folder)
+    barrier()
+    return Tokenizer.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------- data loader
+def build_loader(config: RunConfig, tokenizer: Tokenizer, rank: int, world_size: int):
+    layout = SequenceLayout(tokenizer, config.model.num_image_tokens)
+    return build_train_loader(config.data, tokenizer, layout, rank, world_size)
+
+
+def sample_set(config: RunConfig) -> SampleSet | None:
+    """The fixed prompts and images of the grids: the first `logging.num_samples` samples of
+    `logging.sample_shards` (their captions are the prompts unless `logging.sample_prompts` is set)."""
+    spec = config.logging.sample_shards or config.data.train_shards
+    count = config.logging.num_samples
+    if count <= 0:
+        return None
+    try:
+        samples = list(islice(iter_samples(spec, config.model.image_size), count))
+    except ValueError as error:  # no shards there
+        log.warning("no sample grids: %s", error)
+        return None
+    images = torch.stack([s.image for s in samples]) if samples else torch.zeros(0, 3, 1, 1)
+    references = [s.caption for s in samples]
+    prompts = list(config.logging.sample_prompts) or references
+    return SampleSet(prompts=prompts[:count], images=images, references=references)

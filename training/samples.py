@@ -1,0 +1,73 @@
+"""Sample grids during training: images generated for fixed prompts, captions of fixed images.
+
+Grids go to `samples/step_XXXXXXXX_generate.png` and `..._caption.png`, with the texts in
+`step_XXXXXXXX.json`. They are made with the public API (`unimodal.api.UniModal`) on a plain copy
+of the model holding the EMA weights (the weights the export will hold), on rank 0 only, under a
+forked RNG so that sampling never shifts the training random streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unimodal.api import UniModal
+from unimodal.images import image_grid, to_pil
+from unimodal.model import UniModalModel
+from unimodal.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleSet:
+    """What every grid of a run shows."""
+
+    prompts: list[str]  # generation prompts
+    images: torch.Tensor  # (N, 3, H, W) pixels in [-1, 1] to caption
+    references: list[str]  # the true captions of `images`
+
+
+class SampleWriter:
+    """Writes one pair of grids per call.
+
+    Args:
+        folder: the run's samples/ folder.
+        samples: fixed prompts and images.
+        num_steps, guidance_scale, seed: passed to `UniModal.generate`.
+    """
+
+    def __init__(self, folder: Path, samples: SampleSet, num_steps: int, guidance_scale: float, seed: int = 0):
+        self.folder = folder
+        self.samples = samples
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        self.seed = seed
+
+    @torch.no_grad()
+    def write(self, step: int, model: UniModalModel, tokenizer: Tokenizer, codec) -> dict[str, str]:
+        """Generate and caption with `model` (eval mode); returns {"generate": path, "caption": path}."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = self.folder / f"step_{step:08d}"
+        api = UniModal(model, tokenizer, codec)
+        written, texts = {}, {"step": step}
+        with torch.random.fork_rng(devices=[]):
+            if self.samples.prompts:
+                generated = api.generate(self.samples.prompts, num_steps=self.num_steps,
+                                         guidance_scale=self.guidance_scale, seed=self.seed)
+                path = stem.with_name(stem.name + "_generate.png")
+                image_grid(generated, self.samples.prompts, label_lines=5).save(path)
+                written["generate"], texts["prompts"] = str(path), self.samples.prompts
+            if len(self.samples.images):
+                captions = api.caption(list(self.samples.images))
+                labels = [f"model: {c} / true: {r}" for c, r in zip(captions, self.samples.references)]
+                path = stem.with_name(stem.name + "_caption.png")
+                image_grid(to_pil(self.samples.images), labels, label_lines=7).save(path)
+                written["caption"] = str(path)
+                texts["captions"], texts["references"] = captions, self.samples.references
+        stem.with_suffix(".json").write_text(json.dumps(texts, indent=2))
+        return written
