@@ -49,6 +49,9 @@ def save_export(folder: str | Path, model: UniModalModel, tokenizer: Tokenizer, 
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / WEIGHTS_FILENAME)
         tokenizer.save_pretrained(staging)
         save_codec(codec, staging)
+        # mkdtemp makes a private (0700) folder; an export is meant to be shared like any model folder.
+        for path in [staging, *staging.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
         _replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
