@@ -40,6 +40,9 @@ class DataConfig:
     # Probability that a generation example gets an empty caption (classifier-free guidance).
     caption_dropout: float = 0.1
     max_text_tokens: int = 128  # captions, questions and answers are cut to this many tokens
+    # QA pairs per VQA example (distinct, drawn from KEY.json): more answer supervision per image
+    # for a few tokens each. The first turn is always the single-question inference format.
+    vqa_turns: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -49,7 +52,7 @@ class DataConfig:
         return config_from_dict(cls, values)
 
     def validate(self) -> None:
-        positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens",
+        positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
                     "shuffle_buffer"]
         for name in positive:
             if getattr(self, name) <= 0:

@@ -88,7 +88,8 @@ class ShardStream(IterableDataset):
         self.layout = layout
         self.rank = rank
         self.world_size = world_size
-        self.tasks = TaskMixture(layout, config.task_weights, config.caption_dropout, config.max_text_tokens)
+        self.tasks = TaskMixture(layout, config.task_weights, config.caption_dropout, config.max_text_tokens,
+                                 config.vqa_turns)
         self.plan = EpochPlan(epoch=0, num_streams=1)
 
     def _key(self, *parts: Any) -> str:

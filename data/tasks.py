@@ -1,7 +1,7 @@
 """The task mixture: one decoded sample -> one `unimodal.layout.Example`.
 
     caption     image -> its caption                      (layout.caption)
-    vqa         image + one QA pair from KEY.json -> answer (layout.vqa)
+    vqa         image + up to `vqa_turns` QA pairs from KEY.json -> answers (layout.vqa_turns)
     generation  caption -> image; with probability `caption_dropout` the caption is "" so the model
                 also learns the unconditional image distribution (classifier-free guidance)
 
@@ -47,7 +47,7 @@ class TaskMixture:
     """
 
     def __init__(self, layout: SequenceLayout, task_weights: Mapping[str, float], caption_dropout: float = 0.1,
-                 max_text_tokens: int = 128):
+                 max_text_tokens: int = 128, vqa_turns: int = 1):
         unknown = sorted(set(task_weights) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; tasks are {TASKS}")
@@ -57,6 +57,9 @@ class TaskMixture:
             raise ValueError(f"task weights must have a positive sum, got {dict(task_weights)}")
         self.caption_dropout = caption_dropout
         self.max_text_tokens = max_text_tokens
+        if vqa_turns < 1:
+            raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
+        self.vqa_turns = vqa_turns
 
     def choose(self, rng: random.Random, has_qa: bool) -> str | None:
         """A task name, or None when no task with positive weight can use the sample."""
@@ -89,7 +92,7 @@ class TaskMixture:
         if task == "caption":
             return task, self.layout.caption(image, self._ids(caption))
         if task == "vqa":
-            question, answer = pairs[rng.randrange(len(pairs))]
-            return task, self.layout.vqa(image, self._truncated(question), self._truncated(answer))
+            chosen = rng.sample(pairs, min(self.vqa_turns, len(pairs)))
+            return task, self.layout.vqa_turns(image, [(self._truncated(q), self._truncated(a)) for q, a in chosen])
         text = [] if rng.random() < self.caption_dropout else self._ids(caption)
         return task, self.layout.generation(text, image)

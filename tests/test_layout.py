@@ -57,3 +57,18 @@ def test_collate_pads_and_indexes_several_images(tokenizer):
     assert mask[start, start + 3] and not mask[start - 1, start]
     with pytest.raises(ValueError, match="at least one"):
         layout.collate([])
+
+
+def test_vqa_turns_teach_every_answer_and_start_like_the_prompt(tokenizer):
+    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    img = torch.zeros(3, 8, 8)
+    pairs = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")]
+    example = layout.vqa_turns(img, pairs)
+    prompt = layout.vqa_prompt(img, pairs[0][0])
+    assert example.input_ids[: len(prompt)] == prompt.input_ids
+    labelled = [label for label in example.lm_labels if label != IGNORE_INDEX]
+    eos = tokenizer.eos_id
+    assert labelled == tokenizer.encode("red") + [eos] + tokenizer.encode("2") + [eos]
+    assert layout.vqa(img, *pairs[0]).input_ids == example.input_ids[: len(prompt) + len(tokenizer.encode("red")) + 1]
+    with pytest.raises(ValueError, match="at least one"):
+        layout.vqa_turns(img, [])

@@ -108,7 +108,23 @@ class SequenceLayout:
 
     def vqa(self, image: torch.Tensor, question: str, answer: str) -> Example:
         """Image + question → answer, with the LM loss on the answer and <eos> only."""
-        return self._teach_text(self.vqa_prompt(image, question), self._ids(answer))
+        return self.vqa_turns(image, [(question, answer)])
+
+    def vqa_turns(self, image: torch.Tensor, pairs: Sequence[tuple[str, str]]) -> Example:
+        """Several question–answer turns about one image:
+        `<bos> <boi> P <eoi> question: Q1 answer: A1 <eos> question: Q2 answer: A2 <eos> …`.
+        The first turn is exactly the inference prompt; later turns add answer supervision per
+        image for a few tokens each (the image itself is the expensive part of the sequence)."""
+        if not pairs:
+            raise ValueError("vqa_turns needs at least one (question, answer) pair")
+        (question, answer), *rest = pairs
+        example = self._teach_text(self.vqa_prompt(image, question), self._ids(answer))
+        for question, answer in rest:
+            question_ids = self._ids(self.question_text(question))
+            example.input_ids += question_ids
+            example.lm_labels += [IGNORE_INDEX] * len(question_ids)
+            example = self._teach_text(example, self._ids(answer))
+        return example
 
     def text(self, text: str | Sequence[int]) -> Example:
         """Plain language modelling."""
