@@ -86,4 +86,5 @@ def test_flop_formula_matches_a_hand_count():
     model = UniModalModel(config)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     adapters = 2 * config.patch_dim * 256 + 256 * 256 + 256 * 256 + 256 * 512
+    adapters += 256 * 256 if config.patch_adapter == "mlp" else 0  # the MLP adapter's second Linear
     assert linear == common.matmul_params(config) + adapters
