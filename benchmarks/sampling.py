@@ -20,6 +20,7 @@ import torch
 from unimodal.api import UniModal
 from unimodal.codecs import build_codec
 from unimodal.config import ModelConfig
+from unimodal.decode_step import StaticKVDecoder
 from unimodal.model import UniModalModel
 from unimodal.sampling import decode_text
 from unimodal.tokenizer import Tokenizer
@@ -108,7 +109,9 @@ def main(argv=None) -> dict:
               "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "repeats": args.repeats, "load_average_before": round(os.getloadavg()[0], 2),
-              "decode_new_tokens": args.new_tokens, "decode_prompt_tokens": api.config.num_image_tokens + 3}
+              "decode_new_tokens": args.new_tokens, "decode_prompt_tokens": api.config.num_image_tokens + 3,
+              "decode_cache": ("static buffer (unimodal.decode_step)" if StaticKVDecoder.supports(api.model.decoder)
+                               else "transformers DynamicCache")}
     for batch_size in args.decode_batch_sizes:
         result.update(bench_decoding(api, batch_size, args.new_tokens, args.repeats))
     if args.steps:

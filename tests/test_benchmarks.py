@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks/` is a folder of scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, scaling, train_throughput  # noqa: E402
+from benchmarks import common, sampling, scaling, train_throughput  # noqa: E402
 from unimodal.config import ModelConfig  # noqa: E402
 from unimodal.layout import IGNORE_INDEX  # noqa: E402
 
@@ -41,6 +41,19 @@ def test_train_throughput_prints_sane_json(capsys, dtype):
     assert 0 < printed["flops_ratio"] < 2
     assert printed["tokens_per_s"] == pytest.approx(printed["samples_per_s"] * printed["seq_len"])
     assert "DeepSpeed" in printed["distributed"]
+
+
+def test_sampling_benchmark_prints_speeds_of_both_paths(capsys):
+    result = sampling.main(["--preset", "debug", "--threads", str(torch.get_num_threads()), "--repeats", "1",
+                            "--decode-batch-sizes", "1", "--new-tokens", "4", "--steps", "2"])
+    printed = last_json_line(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(result))
+    assert printed["decode_cache"] == "static buffer (unimodal.decode_step)"
+    for key in ("decode_batch_1_tokens_per_s_cached", "decode_batch_1_tokens_per_s_uncached",
+                "sample_s_per_image_2_steps_cached", "sample_s_per_image_2_steps_uncached"):
+        assert printed[key] > 0, key
+    assert printed["decode_batch_1_cache_speedup"] == pytest.approx(
+        printed["decode_batch_1_tokens_per_s_cached"] / printed["decode_batch_1_tokens_per_s_uncached"], rel=0.02)
 
 
 def test_scaling_prints_one_line_per_point_and_a_plot(capsys, tmp_path):

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache, LlamaModel
 
+from .decode_step import StaticKVDecoder
 from .embeddings import patchify, unpatchify
 from .layout import Example, build_attention_mask
 from .model import UniModalModel
@@ -29,6 +30,17 @@ def _run_decoder(model: UniModalModel, embeds, mask, positions, cache):
 
 
 # ----------------------------------------------------------------------------- text decoding
+def _decoder_runner(model: UniModalModel, use_cache: bool, num_rows: int, max_length: int) -> Callable:
+    """(embeds, mask, positions) -> last hidden states, keeping whatever cache the mode needs.
+
+    With the cache, decoders that `StaticKVDecoder` mirrors run through it (a static buffer and
+    no per-token transformers overhead); others keep a transformers `DynamicCache`."""
+    if use_cache and StaticKVDecoder.supports(model.decoder):
+        return StaticKVDecoder(model.decoder, num_rows, max_length).forward
+    cache = DynamicCache(config=model.decoder.config) if use_cache else None
+    return lambda embeds, mask, positions: _run_decoder(model, embeds, mask, positions, cache)
+
+
 def _left_pad(prompts: Sequence[Example], pad_id: int):
     """Left-pad prompts so every row's next token lands in the same column."""
     total = max(len(p) for p in prompts)
@@ -75,7 +87,7 @@ def decode_text(model: UniModalModel, prompts: Sequence[Example], latents: torch
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (R, T0): left padding keeps RoPE offsets
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     generated: list[torch.Tensor] = []
-    cache = DynamicCache(config=model.decoder.config) if use_cache else None
+    run_decoder = _decoder_runner(model, use_cache, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
     step_ids, step_valid, step_positions = input_ids, valid, positions
     for _ in range(max_new_tokens):
         if use_cache and generated:
@@ -85,7 +97,7 @@ def decode_text(model: UniModalModel, prompts: Sequence[Example], latents: torch
         else:
             embeds, _ = model.embed(step_ids, latents, timesteps, batch_index, starts)  # (R, T, D)
             mask = build_attention_mask(step_valid, batch_index, starts, num_tokens)
-        hidden = _run_decoder(model, embeds, mask, step_positions, cache)
+        hidden = run_decoder(embeds, mask, step_positions)
         token = _pick_token(model.lm_head(hidden[:, -1]), temperature, top_p, generator)  # (R,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         generated.append(token)
