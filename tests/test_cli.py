@@ -11,9 +11,9 @@ from unimodal import cli
 from unimodal.api import UniModal
 from unimodal.codecs import PixelCodec
 from unimodal.config import ModelConfig
+from unimodal.images import GRID_PADDING, image_grid
 from unimodal.model import UniModalModel
 
-LABEL_HEIGHT = 3 * 11 + 4  # image_grid's three label lines under each cell
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_generate_saves_a_labelled_grid_and_each_image(export, tmp_path, capsys)
                                        "002_two-blue-squares.png"]
     assert lines(capsys) == [*map(str, saved), str(grid)]
     with Image.open(grid) as image:
-        assert image.size == (3 * 64, 64 + LABEL_HEIGHT)
+        assert image.size == image_grid(list(map(Image.open, saved)), prompts, cell_size=64).size
+        assert image.width == 3 * 64 + 4 * GRID_PADDING and image.height > 64 + 2 * GRID_PADDING  # labels below
     expected = api.generate(prompts, num_steps=3, guidance_scale=2.0, seed=5, scheduler="dpmsolver++")
     for path, image in zip(saved, expected):  # the files hold exactly what the API generates
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(image))
@@ -83,7 +84,10 @@ def test_generate_grid_wraps_rows_and_honours_size(export, tmp_path):
     assert cli.main(["generate", *prompts, "--model", str(folder), "--out", str(grid), "--num-steps", "1",
                      "--height", "8", "--width", "16"]) == 0
     with Image.open(grid) as image:
-        assert image.size == (8 * 128, 2 * (128 + LABEL_HEIGHT))
+        width, height = image.size
+        assert width == 8 * 128 + 9 * GRID_PADDING  # 8 columns of the default 128 px cells
+        row_height = (height - 3 * GRID_PADDING) / 2  # two rows of (cell + labels)
+        assert row_height == int(row_height) and row_height > 128
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -17,14 +17,13 @@ from eval.caption_metrics import (
     tokenize,
 )
 from eval.report import (
-    GRID_PADDING,
     flatten_metrics,
-    make_image_grid,
     save_image_grid,
     write_markdown_summary,
     write_metrics_json,
 )
 from eval.vqa_metrics import normalize_answer, vqa_accuracy, vqa_score
+from unimodal.images import GRID_PADDING, image_grid  # eval reports draw the library's grid
 
 # Two small corpora scored by coco-caption itself (pycocoevalcap 1.2, `Bleu(4)` and `Cider()`, fed
 # the output of our `tokenize` joined by spaces); the numbers below are copied from that run.
@@ -251,9 +250,9 @@ def test_grid_size_and_nearest_upscaling(tmp_path):
 
 def test_grid_labels_wrap_under_each_image(tmp_path):
     images = [_checker((0, 255, 0), (0, 0, 0)) for _ in range(3)]
-    short = make_image_grid(images, ["red", "blue", "green"], cell_size=128, columns=8)
+    short = image_grid(images, ["red", "blue", "green"], cell_size=128, columns=8)
     long_label = "a small red circle at the top left next to a large blue square"
-    wrapped = make_image_grid(images, ["red", long_label, "green"], cell_size=128, columns=8)
+    wrapped = image_grid(images, ["red", long_label, "green"], cell_size=128, columns=8)
     # One row of 3 cells; the width does not depend on the labels.
     assert short.width == wrapped.width == 3 * 128 + 4 * GRID_PADDING
     assert short.height > 128 + 2 * GRID_PADDING  # room for one line of text
@@ -262,7 +261,7 @@ def test_grid_labels_wrap_under_each_image(tmp_path):
     band = short.crop((GRID_PADDING, GRID_PADDING + 128, GRID_PADDING + 128, short.height))
     assert min(band.convert("L").getdata()) < 128
     with pytest.raises(ValueError, match="3 images but 2 labels"):
-        make_image_grid(images, ["a", "b"])
+        image_grid(images, ["a", "b"])
 
 
 def test_markdown_summary_has_metrics_and_grid_links(tmp_path):

@@ -60,13 +60,13 @@ class SampleWriter:
                 generated = api.generate(self.samples.prompts, num_steps=self.num_steps,
                                          guidance_scale=self.guidance_scale, seed=self.seed)
                 path = stem.with_name(stem.name + "_generate.png")
-                image_grid(generated, self.samples.prompts, label_lines=5).save(path)
+                image_grid(generated, self.samples.prompts, max_label_lines=5).save(path)
                 written["generate"], texts["prompts"] = str(path), self.samples.prompts
             if len(self.samples.images):
                 captions = api.caption(list(self.samples.images))
                 labels = [f"model: {c} / true: {r}" for c, r in zip(captions, self.samples.references)]
                 path = stem.with_name(stem.name + "_caption.png")
-                image_grid(to_pil(self.samples.images), labels, label_lines=7).save(path)
+                image_grid(to_pil(self.samples.images), labels, max_label_lines=7).save(path)
                 written["caption"] = str(path)
                 texts["captions"], texts["references"] = captions, self.samples.references
         stem.with_suffix(".json").write_text(json.dumps(texts, indent=2))
