@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -198,6 +199,15 @@ class ShardStream(IterableDataset):
         return made[1]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: SIGINT/SIGTERM sent to the whole process group (Ctrl-C, SLURM,
+    `kill -- -PGID`) are the training process's to handle — it saves a checkpoint and then shuts the
+    workers down itself. Without this a worker dies mid-batch (torch's handler) or prints a
+    KeyboardInterrupt traceback. Workers still exit when the parent dies (torch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _keep(item):
     """DataLoader's per-item convert function: pass (Batch, info) through untouched."""
     return item
@@ -259,7 +269,8 @@ class ShardLoader:
             batches = iter(self.dataset)
         else:
             batches = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers, collate_fn=_keep,
-                                 prefetch_factor=cfg.prefetch_factor, persistent_workers=False)
+                                 prefetch_factor=cfg.prefetch_factor, persistent_workers=False,
+                                 worker_init_fn=_ignore_stop_signals)
         count = 0
         for batch, info in batches:
             stream = info["stream"]

@@ -62,9 +62,10 @@ class StopSignals:
         self.requested = True
         self._first_at = time.monotonic()
         self.name = signal.Signals(signum).name
-        # A signal sent to the whole process group (SLURM, `kill -- -PGID`) also kills the data-loader
-        # workers (torch installs a dying SIGTERM handler in them), and torch's SIGCHLD handler would
-        # then raise in the middle of this step. The checkpoint needs no worker, so stop watching.
+        # A signal sent to the whole process group (SLURM, `kill -- -PGID`) also reaches the data-loader
+        # workers. Ours ignore it (data/reader.py), but a worker that dies anyway (a user's own
+        # loader) would make torch's SIGCHLD handler raise in the middle of this step. The
+        # checkpoint needs no worker, so stop watching.
         if hasattr(signal, "SIGCHLD"):  # a Python no-op, not SIG_DFL: one may already be pending
             signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         log.warning("%s received: saving a checkpoint at the next step, then stopping "
