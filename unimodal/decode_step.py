@@ -1,14 +1,15 @@
 """A lean KV-cached decoder for text decoding: the maths of a Llama/Qwen2 decoder with a static cache.
 
 Why not call the transformers decoder for every new token: at batch 1 a small model's one-token
-step is bound by per-op and per-call work, not arithmetic. For the tiny preset on one CPU thread
-the step costs ~3.6 ms through transformers (mask construction, cache bookkeeping, attention
-dispatch, six-op rotary) while its matmuls alone take ~1.5 ms. `StaticKVDecoder` runs the same
-operations — the decoder's own norm and rotary modules, `scaled_dot_product_attention` over a
-preallocated key/value buffer, the gated MLP — with the decoder's own weights and fewer ops, in
-~2.9 ms (benchmarks/sampling.py). Its outputs equal the transformers path up to float rounding
-(tests/test_decode_step.py). Decoders whose maths it does not mirror (sliding windows, other
-architectures) are refused by `StaticKVDecoder.supports`, and the caller keeps the transformers path.
+step is cheap arithmetic wrapped in many small ops. For the tiny preset on one CPU thread the
+step costs ~3.6 ms through transformers (mask construction, cache bookkeeping, attention dispatch,
+six-op rotary), of which its matmuls — bound by reading the weights — take ~1.5 ms.
+`StaticKVDecoder` runs the same operations — the decoder's own norm and rotary modules,
+`scaled_dot_product_attention` over a preallocated key/value buffer, the gated MLP — with the
+decoder's own weights and fewer ops, in ~2.7–3 ms (benchmarks/sampling.py). Its outputs equal the
+transformers path up to float rounding (tests/test_decode_step.py). Decoders whose maths it does
+not mirror (sliding windows, other architectures) are refused by `StaticKVDecoder.supports`, and
+the caller keeps the transformers path.
 
 Dimension legend: R rows, T new positions this call, L positions held in the buffer,
 H query heads, K key/value heads, E head size, D width.
