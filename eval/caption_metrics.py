@@ -18,6 +18,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from eval.inputs import check_predictions
+
 MAX_NGRAM = 4  # BLEU-4 and CIDEr both use 1- to 4-grams.
 # coco-caption's smoothing constants: `tiny` keeps a zero match count from giving log(0), `small`
 # keeps an empty candidate from dividing by zero. Kept so our numbers equal theirs.
@@ -41,29 +43,6 @@ def tokenize(text: str) -> list[str]:
 def normalize_caption(text: str) -> str:
     """The caption as its tokens joined by single spaces (used by `exact_match`)."""
     return " ".join(tokenize(text))
-
-
-def _check_inputs(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
-    if isinstance(predictions, str) or not isinstance(predictions, Sequence):
-        raise ValueError("predictions must be a list of strings, one caption per image")
-    if len(predictions) == 0:
-        raise ValueError("predictions is empty: need at least one caption to score")
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references)} reference lists; "
-            "pass one list of reference captions per prediction"
-        )
-    for i, (pred, refs) in enumerate(zip(predictions, references)):
-        if not isinstance(pred, str):
-            raise ValueError(f"predictions[{i}] is {type(pred).__name__}, expected str")
-        if isinstance(refs, str):
-            raise ValueError(
-                f"references[{i}] is a string; wrap it in a list: references=[[caption], ...]"
-            )
-        if len(refs) == 0:
-            raise ValueError(f"references[{i}] is empty: every image needs at least one reference")
-        if not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"references[{i}] must contain only strings")
 
 
 def _ngram_counts(words: list[str], max_n: int = MAX_NGRAM) -> Counter:
@@ -90,7 +69,7 @@ def bleu_scores(
     reference length closest to the candidate's length (the shorter one on a tie), summed over the
     corpus. Returns `[BLEU-1, ..., BLEU-max_n]`, each in [0, 1].
     """
-    _check_inputs(predictions, references)
+    check_predictions(predictions, references, "caption")
     correct = [0] * max_n  # clipped n-gram matches, per n
     guess = [0] * max_n  # candidate n-grams, per n
     total_test_len = 0
@@ -157,7 +136,7 @@ def cider_d_per_image(
     references and multiplied by 10. A single-image corpus always scores 0 (every idf is log 1),
     exactly as in coco-caption: score a whole test set at once.
     """
-    _check_inputs(predictions, references)
+    check_predictions(predictions, references, "caption")
     cand_counts = [_ngram_counts(tokenize(p)) for p in predictions]
     ref_counts = [[_ngram_counts(tokenize(r)) for r in refs] for refs in references]
 
@@ -200,7 +179,7 @@ def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]])
     """Fraction of predictions equal to at least one of their references after
     `normalize_caption` (case and punctuation are ignored). Meaningful on the synthetic world,
     whose captions are exact."""
-    _check_inputs(predictions, references)
+    check_predictions(predictions, references, "caption")
     hits = sum(
         normalize_caption(p) in {normalize_caption(r) for r in refs}
         for p, refs in zip(predictions, references)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from eval.inputs import check_predictions
+
 # "an answer is deemed 100% accurate if at least 3 workers provided that exact answer" (VQA paper)
 VQA_MATCHES_FOR_FULL_CREDIT = 3
 
@@ -125,18 +127,5 @@ def vqa_score(prediction: str, references: Sequence[str]) -> float:
 def vqa_accuracy(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean VQA accuracy in [0, 1] over questions; `references[i]` lists the human answers to
     question i (10 for VQAv2, often 1 for the synthetic world)."""
-    if isinstance(predictions, str) or len(predictions) == 0:
-        raise ValueError("predictions must be a non-empty list of answer strings")
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions but {len(references)} reference lists; "
-            "pass one list of reference answers per question"
-        )
-    for i, (pred, refs) in enumerate(zip(predictions, references)):
-        if not isinstance(pred, str):
-            raise ValueError(f"predictions[{i}] is {type(pred).__name__}, expected str")
-        if isinstance(refs, str) or len(refs) == 0:
-            raise ValueError(
-                f"references[{i}] must be a non-empty list of strings, e.g. [['red'], ...]"
-            )
+    check_predictions(predictions, references, "answer")
     return sum(vqa_score(p, r) for p, r in zip(predictions, references)) / len(predictions)

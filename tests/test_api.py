@@ -281,3 +281,46 @@ def test_the_api_takes_a_batch_tensor_and_mixed_formats(api):
 
 def to_pil_image(tensor):
     return Image.fromarray(((tensor.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+
+
+# ----------------------------------------------------------------------------- shared image RoPE
+@pytest.fixture(scope="module")
+def shared_rope_api(tokenizer) -> UniModal:
+    return make_api(tokenizer, image_rope="shared")
+
+
+def test_shared_image_rope_decoding_cached_batched_and_training_agree(shared_rope_api):
+    api = shared_rope_api
+    prompts, latents = vqa_prompts(api, pictures(3), QUESTIONS)
+    cached, cached_logits = decode_with_logits(api, prompts, latents, NEVER_EOS, 8, use_cache=True)
+    full, full_logits = decode_with_logits(api, prompts, latents, NEVER_EOS, 8, use_cache=False)
+    assert cached == full
+    assert_close(cached_logits, full_logits, atol=1e-5, rtol=1e-5)
+    for row in range(3):  # left padding in the batch changes nothing
+        alone_ids, alone_logits = decode_with_logits(api, prompts[row: row + 1], latents[row: row + 1], NEVER_EOS,
+                                                     8, use_cache=True)
+        assert alone_ids[0] == cached[row]
+        assert_close(cached_logits[:, row], alone_logits[:, 0], atol=1e-5, rtol=1e-5)
+    # The training forward (right-padded batch, layout positions) predicts the same first token.
+    batch = api.layout.collate(prompts)
+    with torch.no_grad():
+        train_logits = api.model(batch, torch.zeros(3)).lm_logits  # (R, T, V)
+    last = torch.stack([train_logits[row, len(prompt) - 1] for row, prompt in enumerate(prompts)])
+    assert_close(last, cached_logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_image_rope_changes_what_the_model_computes(api, shared_rope_api):
+    """Same weights, other positions: the two modes must not silently coincide."""
+    shared_rope_api.model.load_state_dict(api.model.state_dict())
+    prompts, latents = vqa_prompts(api, pictures(2), QUESTIONS[:2])
+    _, sequence_logits = decode_with_logits(api, prompts, latents, NEVER_EOS, 2, use_cache=True)
+    _, shared_logits = decode_with_logits(shared_rope_api, prompts, latents, NEVER_EOS, 2, use_cache=True)
+    assert (sequence_logits - shared_logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_shared_image_rope_cached_prefix_sampling_equals_recomputing(shared_rope_api, guidance_scale):
+    kwargs = dict(num_steps=3, guidance_scale=guidance_scale, seed=1, output_type="pt")
+    cached = shared_rope_api.generate(PROMPTS, use_cache=True, **kwargs)
+    recomputed = shared_rope_api.generate(PROMPTS, use_cache=False, **kwargs)
+    assert_close(cached, recomputed, atol=1e-5, rtol=1e-5)

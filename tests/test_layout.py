@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unimodal.layout import IGNORE_INDEX, SequenceLayout, build_attention_mask
+from unimodal.layout import IGNORE_INDEX, SequenceLayout, build_attention_mask, rope_positions
 
 
 def test_examples_place_tokens_and_labels(tokenizer):
@@ -72,3 +72,16 @@ def test_vqa_turns_teach_every_answer_and_start_like_the_prompt(tokenizer):
     assert layout.vqa(img, *pairs[0]).input_ids == example.input_ids[: len(prompt) + len(tokenizer.encode("red")) + 1]
     with pytest.raises(ValueError, match="at least one"):
         layout.vqa_turns(img, [])
+
+
+def test_rope_positions_sequence_and_shared_with_left_padding():
+    # Row 0: <bos> <boi> 3 patches <eoi> a b; row 1: two pads, then <boi> 3 patches <eoi> (left padded).
+    valid = torch.tensor([[True] * 8, [False, False] + [True] * 6])
+    batch_index, starts = torch.tensor([0, 1]), torch.tensor([2, 3])
+    sequence = rope_positions(valid, batch_index, starts, 3, "sequence")
+    assert sequence.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 1, 2, 3, 4, 5]]
+    shared = rope_positions(valid, batch_index, starts, 3, "shared")
+    # Every patch takes its image's first position; what follows continues one past it.
+    assert shared.tolist() == [[0, 1, 2, 2, 2, 3, 4, 5], [0, 0, 0, 1, 1, 1, 2, 3]]
+    none = rope_positions(valid[:1], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 3, "shared")
+    assert none.tolist() == [list(range(8))]

@@ -18,6 +18,7 @@ BACKBONE_TYPES = ("llama", "qwen2")
 CODEC_TYPES = ("pixel", "vae")
 OBJECTIVES = ("flow", "ddpm")
 TIME_SAMPLINGS = ("logit_normal", "uniform")
+IMAGE_ROPE_MODES = ("sequence", "shared")
 
 
 @dataclass
@@ -31,6 +32,11 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    # RoPE positions of an image's patches: "sequence" numbers them like text (one position each);
+    # "shared" gives every patch of an image one position (text after it continues from there),
+    # so a text token sees all patches of an image at the same distance and finds them by content
+    # and the 2-D position embedding alone. On the shapes world "shared" lifted VQA 0.70 -> 0.80.
+    image_rope: str = "sequence"
     intermediate_size: int | None = None  # None = 4 * hidden_size rounded to 64 (SwiGLU MLP)
     vocab_size: int = 512  # overwritten by the tokenizer's size when a model is built for one
     max_position_embeddings: int = 2048
@@ -114,6 +120,8 @@ class ModelConfig:
                              f"{self.latent_size} (image_size / downsample_factor)")
         if self.codec == "pixel" and (self.latent_channels != 3 or self.downsample_factor != 1):
             raise ValueError("ModelConfig.codec='pixel' needs latent_channels=3 and downsample_factor=1")
+        if self.image_rope not in IMAGE_ROPE_MODES:
+            raise ValueError(f"ModelConfig.image_rope must be one of {IMAGE_ROPE_MODES}, got {self.image_rope!r}")
         if not 0.0 <= self.condition_max_noise <= 1.0:
             raise ValueError(f"ModelConfig.condition_max_noise must lie in [0, 1], got {self.condition_max_noise}")
         if self.time_shift <= 0:
@@ -161,8 +169,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tiny: a time shift of 3 (more training at high noise, where layout and shape are decided) and
     # the MLP patch adapter lifted generation all-correct on the shapes world from 0.17 to 0.70
     # at equal steps in our sweeps (README, "How the tiny default was tuned").
+    # Shared image RoPE positions: VQA 0.70 -> 0.80 at equal steps (README).
     "tiny": dict(hidden_size=256, num_layers=6, num_heads=4, image_size=32, patch_size=4, patch_adapter="mlp",
-                 time_shift=3.0),
+                 time_shift=3.0, image_rope="shared"),
     "small": dict(hidden_size=512, num_layers=8, num_heads=8, image_size=32, patch_size=2),
     "base": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, vocab_size=32000,
                  image_size=256, codec="vae", latent_channels=4, downsample_factor=8, patch_size=2,

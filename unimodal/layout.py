@@ -199,6 +199,22 @@ def image_position_ids(batch_size: int, total_length: int, image_batch_index: to
     return owner
 
 
+def rope_positions(valid: torch.Tensor, image_batch_index: torch.Tensor, image_starts: torch.Tensor,
+                   num_image_tokens: int, image_rope: str = "sequence") -> torch.Tensor:
+    """(B, T) long RoPE position ids; `valid` (B, T) marks real tokens, so left padding works.
+
+    Each real token advances the position by one, except, with `image_rope="shared"`, the patches
+    after the first of each image: they all take the first patch's position and the text after the
+    image continues one past it. Padding repeats its neighbour's position (it is masked anyway).
+    """
+    advances = valid.long()
+    if image_rope == "shared" and image_starts.numel() and num_image_tokens > 1:
+        later_patches = image_starts[:, None] + torch.arange(1, num_image_tokens, device=valid.device)  # (N, P-1)
+        rows = image_batch_index[:, None].expand_as(later_patches)
+        advances = advances.index_put((rows, later_patches), torch.zeros((), dtype=torch.long, device=valid.device))
+    return (advances.cumsum(-1) - 1).clamp(min=0)
+
+
 def build_attention_mask(valid: torch.Tensor, image_batch_index: torch.Tensor, image_starts: torch.Tensor,
                          num_image_tokens: int) -> torch.Tensor:
     """(B, 1, T, T) bool mask: causal, bidirectional inside each image, never onto padding.

@@ -15,7 +15,7 @@ from torch import nn
 from .backbone import build_backbone, sync_config_with_backbone
 from .config import ModelConfig
 from .embeddings import DenoiseHead, PatchEmbed, patchify, unpatchify
-from .layout import IGNORE_INDEX, Batch
+from .layout import IGNORE_INDEX, Batch, rope_positions
 
 
 @dataclass
@@ -92,7 +92,10 @@ class UniModalModel(nn.Module):
         cfg = self.config
         embeds, time = self.embed(batch.input_ids, batch.images, timesteps, batch.image_batch_index,
                                   batch.image_starts)  # (B, T, D)
-        positions = torch.arange(embeds.shape[1], device=embeds.device)[None].expand(embeds.shape[0], -1)
+        valid = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)  # padding is masked anyway
+        num_patches = (batch.images.shape[-2] // cfg.patch_size) * (batch.images.shape[-1] // cfg.patch_size)
+        positions = rope_positions(valid, batch.image_batch_index, batch.image_starts, num_patches,
+                                   cfg.image_rope)  # (B, T)
         hidden = self.decoder(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                               position_ids=positions, use_cache=False).last_hidden_state  # (B, T, D)
         lm_logits = self.lm_head(hidden)  # (B, T, V)

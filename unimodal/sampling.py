@@ -14,7 +14,7 @@ from transformers import DynamicCache, LlamaModel
 
 from .decode_step import StaticKVDecoder
 from .embeddings import patchify, unpatchify
-from .layout import Example, build_attention_mask
+from .layout import Example, build_attention_mask, rope_positions
 from .model import UniModalModel
 
 
@@ -84,7 +84,8 @@ def decode_text(model: UniModalModel, prompts: Sequence[Example], latents: torch
     input_ids, valid, batch_index, starts = (t.to(device) for t in (input_ids, valid, batch_index, starts))
     num_rows, num_tokens = latents.shape[0], model.config.num_image_tokens
     timesteps = torch.zeros(num_rows, device=device)  # conditioning images are clean
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (R, T0): left padding keeps RoPE offsets
+    # (R, T0): left padding keeps each row's RoPE offsets
+    positions = rope_positions(valid, batch_index, starts, num_tokens, model.config.image_rope)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     generated: list[torch.Tensor] = []
     run_decoder = _decoder_runner(model, use_cache, input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
@@ -140,8 +141,12 @@ def sample_latents(model: UniModalModel, process, prefixes: Sequence[Sequence[in
         prefix_ids[row, : len(prefix)] = torch.tensor(list(prefix), device=device)
     prefix_valid = torch.arange(total_prefix, device=device)[None] < prefix_lengths[:, None]  # (R, L)
     num_tokens = patchify(noise[:1], model.config.patch_size).shape[1]  # P
-    image_positions = prefix_lengths[:, None] + torch.arange(num_tokens, device=device)  # (R, P)
-    # The image sits right after each row's own prefix in RoPE positions, as in training.
+    # The image sits right after each row's own prefix in RoPE positions, as in training
+    # (`layout.rope_positions`): one position per patch, or one for all of them with shared image RoPE.
+    patch_offsets = torch.arange(num_tokens, device=device)
+    if model.config.image_rope == "shared":
+        patch_offsets = torch.zeros_like(patch_offsets)
+    image_positions = prefix_lengths[:, None] + patch_offsets  # (R, P)
     full_positions = torch.cat([torch.arange(total_prefix, device=device)[None].expand(rows, -1), image_positions], 1)
     batch_index = torch.arange(rows, device=device)
     starts = torch.full((rows,), total_prefix, device=device)
