@@ -141,16 +141,13 @@ def sample_latents(model: UniModalModel, process, prefixes: Sequence[Sequence[in
         prefix_ids[row, : len(prefix)] = torch.tensor(list(prefix), device=device)
     prefix_valid = torch.arange(total_prefix, device=device)[None] < prefix_lengths[:, None]  # (R, L)
     num_tokens = patchify(noise[:1], model.config.patch_size).shape[1]  # P
-    # The image sits right after each row's own prefix in RoPE positions, as in training
-    # (`layout.rope_positions`): one position per patch, or one for all of them with shared image RoPE.
-    patch_offsets = torch.arange(num_tokens, device=device)
-    if model.config.image_rope == "shared":
-        patch_offsets = torch.zeros_like(patch_offsets)
-    image_positions = prefix_lengths[:, None] + patch_offsets  # (R, P)
-    full_positions = torch.cat([torch.arange(total_prefix, device=device)[None].expand(rows, -1), image_positions], 1)
     batch_index = torch.arange(rows, device=device)
     starts = torch.full((rows,), total_prefix, device=device)
     full_valid = torch.cat([prefix_valid, torch.ones(rows, num_tokens, dtype=torch.bool, device=device)], 1)
+    # Padding does not advance the positions, so the image sits right after each row's own prefix
+    # in RoPE positions, as in training.
+    full_positions = rope_positions(full_valid, batch_index, starts, num_tokens, model.config.image_rope)  # (R, L+P)
+    image_positions = full_positions[:, total_prefix:]  # (R, P)
     full_mask = build_attention_mask(full_valid, batch_index, starts, num_tokens)  # (R, 1, L+P, L+P)
 
     cache = None
