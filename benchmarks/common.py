@@ -1,5 +1,5 @@
 """Shared pieces of the training benchmarks: a synthetic batch, one timed training step, the analytic
-FLOP count, the machine's measured matmul rate and peak memory.
+FLOP count, the machine's measured matmul rate and peak memory, on the CPU or one CUDA device.
 
 Dimension legend: B sequences, T padded length, D width, F MLP width, L layers, V vocabulary,
 H query heads, Hkv key/value heads, P patch positions per image, E = C·p·p values per patch.
@@ -129,40 +129,102 @@ def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: i
 
 
 # ---------------------------------------------------------------------------------------------------
+# Devices
+# ---------------------------------------------------------------------------------------------------
+# Side of the reference matmul per device type: 2048² keeps a CPU probe to a few tens of ms; a GPU needs
+# 8192² (~1.1 TFLOP) before launch overhead stops hiding its peak rate.
+MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, matched on substrings of
+# `torch.cuda.get_device_name()`; the first match wins, so specific variants come before the family.
+# The NVL parts (H100 NVL, H200 NVL) run at lower clocks and are left out: unknown gives None.
+PEAK_BF16_FLOPS = (
+    (("H100", "PCIE"), 756e12),  # H100 PCIe ("NVIDIA H100 PCIe")
+    (("H100",), 989e12),  # H100 SXM5 ("NVIDIA H100 80GB HBM3")
+    (("H200",), 989e12),  # H200 SXM ("NVIDIA H200"): same tensor cores as H100 SXM, more/faster HBM
+    (("A100",), 312e12),  # A100 SXM4 and PCIe
+)
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a known GPU by its name (see `PEAK_BF16_FLOPS`), else None."""
+    name = device_name.upper()
+    if "NVL" in name:
+        return None
+    for keys, peak in PEAK_BF16_FLOPS:
+        if all(key in name for key in keys):
+            return peak
+    return None
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name for a CUDA device; the CPU model (from /proc/cpuinfo where readable) otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """A callable that waits for the device's queued work: `torch.cuda.synchronize` on CUDA (kernels
+    run asynchronously, so a timer read without it measures the launch), a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+# ---------------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------------
 class MatmulProbe:
-    """The machine's matmul rate: FLOP/s of a (size × size) @ (size × size) `torch.mm` in `dtype` with the
-    current thread count. Each call times `reps` products and keeps the fastest; calling it between
-    training steps (see `time_steps`) samples the machine under the same load as the steps, so the
-    ratio of the two stays meaningful on a shared, noisy machine."""
+    """The machine's matmul rate: FLOP/s of a (size × size) @ (size × size) `torch.mm` in `dtype` on
+    `device` (on the CPU with the current thread count). Each call times `reps` products and keeps the
+    fastest; calling it between training steps (see `time_steps`) samples the machine under the same
+    load as the steps, so the ratio of the two stays meaningful on a shared, noisy machine. `size`
+    None takes the device's default (`MATMUL_SIZE`)."""
 
-    def __init__(self, dtype: torch.dtype, size: int = 2048, reps: int = 3):
+    def __init__(self, dtype: torch.dtype, size: int | None = None, reps: int = 3,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        size = size or MATMUL_SIZE[self.device.type]
         self.size, self.reps = size, reps
-        self.a = torch.randn(size, size).to(dtype)
-        self.b = torch.randn(size, size).to(dtype)
-        self.out = torch.empty(size, size, dtype=dtype)
+        self.sync = device_sync(self.device)
+        self.a = torch.randn(size, size, device=self.device).to(dtype)
+        self.b = torch.randn(size, size, device=self.device).to(dtype)
+        self.out = torch.empty(size, size, dtype=dtype, device=self.device)
         self.rates: list[float] = []
-        torch.mm(self.a, self.b, out=self.out)  # first call: kernel selection, page faults
+        torch.mm(self.a, self.b, out=self.out)  # first call: kernel selection, page faults, cuBLAS set-up
+        self.sync()
 
     @property
     def nbytes(self) -> int:
-        """Memory the probe keeps resident (subtracted from the step's peak RSS)."""
+        """Memory the probe keeps on its device (subtracted from the step's peak RSS or GPU memory)."""
         return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.out))
 
     def __call__(self) -> float:
         best = float("inf")
         for _ in range(self.reps):
+            self.sync()
             start = time.perf_counter()
             torch.mm(self.a, self.b, out=self.out)
+            self.sync()
             best = min(best, time.perf_counter() - start)
         self.rates.append(2 * self.size**3 / best)
         return self.rates[-1]
 
 
-def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, samples: int = 5) -> float:
+def measure_matmul_flops(dtype: torch.dtype, size: int | None = None, samples: int = 5,
+                         device: torch.device | str = "cpu") -> float:
     """Median over `samples` probes of the (size × size) matmul rate (see `MatmulProbe`)."""
-    probe = MatmulProbe(dtype, size)
+    probe = MatmulProbe(dtype, size, device=device)
     for _ in range(samples):
         probe()
     return statistics.median(probe.rates)
@@ -213,8 +275,9 @@ def peak_rss_mb() -> float:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float = 1e-4) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW with the fused CPU kernel where this torch has one, else the foreach (multi-tensor) path.
-    Fused measured ~8% less CPU time per tiny step than foreach (torch 2.13, batch 32, one thread)."""
+    """AdamW with the fused kernel where this torch has one for the parameters' device (CPU or CUDA),
+    else the foreach (multi-tensor) path. Fused measured ~8% less CPU time per tiny step than foreach
+    (torch 2.13, batch 32, one thread). Build it after the model is on its device."""
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         return torch.optim.AdamW(params, lr=lr, fused=True), "fused"
@@ -225,8 +288,10 @@ def make_optimizer(model: torch.nn.Module, lr: float = 1e-4) -> tuple[torch.opti
 class TrainStep:
     """One training step as a training loop runs it: noise the images, forward, backward, AdamW.
 
-    The batch (collated, mask built) is made once: building it is the data loader's work. `dtype`
-    bfloat16 runs forward and loss under `torch.autocast("cpu", torch.bfloat16)` over fp32 weights.
+    The batch (collated, mask built) is made once: building it is the data loader's work. Model and
+    batch are already on the device the step runs on (the batch's). `dtype` bfloat16 runs forward and
+    loss under `torch.autocast(<that device's type>, torch.bfloat16)` over fp32 weights. The noise is
+    drawn from a CPU generator on every device, so a seed gives the same noise on the CPU and a GPU.
     """
 
     def __init__(self, model: UniModalModel, batch: Batch, dtype: torch.dtype = torch.float32,
@@ -234,6 +299,7 @@ class TrainStep:
         self.model = model.train()
         self.batch = batch
         self.dtype = dtype
+        self.device_type = batch.input_ids.device.type
         self.process = make_process(model.config)
         self.generator = torch.Generator().manual_seed(seed)
         if optimizer == "auto":
@@ -249,7 +315,7 @@ class TrainStep:
         cfg = self.model.config
         noised, timesteps, target = noise_images(self.process, batch.images, batch.image_is_target,
                                                  cfg.condition_max_noise, self.generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             output = self.forward(batch.with_images(noised), timesteps, target)
         output.loss.backward()
         self.optimizer.step()
@@ -258,15 +324,20 @@ class TrainStep:
 
 
 def time_steps(step: Callable[[], object], num_steps: int, warmup: int,
-               between: Callable[[], object] | None = None) -> list[float]:
+               between: Callable[[], object] | None = None,
+               sync: Callable[[], object] | None = None) -> list[float]:
     """Seconds of each of `num_steps` calls after `warmup` untimed ones; `between` runs (untimed) after
-    each timed step, e.g. a `MatmulProbe`."""
+    each timed step, e.g. a `MatmulProbe`. `sync` (e.g. `device_sync("cuda")`) runs before the timer
+    starts and before it stops, so queued GPU work is counted in the step that queued it."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         step()
     times = []
     for _ in range(num_steps):
+        sync()
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
         if between is not None:
             between()

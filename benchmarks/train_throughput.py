@@ -1,14 +1,16 @@
-"""Training throughput of one process on the CPU: samples/s, tokens/s and achieved FLOP/s against the
-machine's own measured matmul rate.
+"""Training throughput of one process on the CPU or one CUDA GPU: samples/s, tokens/s and achieved
+FLOP/s against the machine's own measured matmul rate (and, on a known GPU, its data-sheet peak).
 
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --steps 10 --threads 2
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --dtype bf16
+    python benchmarks/train_throughput.py --preset base --device cuda --dtype bf16 --batch-size 8
 
 A random model of the preset trains on one fixed synthetic batch that mixes generation, caption and
 VQA sequences as `SequenceLayout` builds them (random latents, ~12-token captions). A step is what the
 training loop does per batch: noise the images, forward, backward, `torch.optim.AdamW.step` (fused
-CPU kernel where available). Plain PyTorch in one process: no DeepSpeed, no data loader (the batch is
-collated once; see the data-loader benchmark for that side).
+kernel where available). Plain PyTorch in one process: no DeepSpeed, no data loader (the batch is
+collated once, then moved to `--device`; see the data-loader benchmark for that side). On CUDA the
+timer reads follow a `torch.cuda.synchronize()`, so each step's queued kernels count in its time.
 
 Prints one JSON line. `flops_per_step` is counted analytically (`benchmarks.common.step_flops`):
 
@@ -17,12 +19,21 @@ Prints one JSON line. `flops_per_step` is counted analytically (`benchmarks.comm
     adapters  = 6 · N_img · (P · 2·E·D + 256·D + 3·D²)
 
 over every position (padding included; the LM head over all B·T positions; attention over the full
-T×T square). `matmul_flops` is a 2048² `torch.mm` in the same dtype and thread count timed in the same
-run: one probe of 3 products after every timed step, so steps and probes see the same load on a
-shared machine. `flops_ratio = achieved_flops / matmul_flops` compares the medians;
-`flops_ratio_best` compares the fastest step with the fastest probe (the least disturbed of each).
-`peak_rss_mb` is the process's peak RSS during the timed steps, less the probe's three matrices;
-`rss_before_steps_mb` is the same before the first step (libraries, model, batch).
+T×T square). `matmul_flops` is a `torch.mm` on the same device, in the same dtype and thread count,
+timed in the same run (2048² on the CPU, 8192² on CUDA; `--matmul-size` overrides): one probe of 3
+products after every timed step, so steps and probes see the same load on a shared machine.
+`flops_ratio = achieved_flops / matmul_flops` compares the medians; `flops_ratio_best` compares the
+fastest step with the fastest probe (the least disturbed of each).
+`peak_rss_mb` is the process's peak RSS during the warm-up and timed steps, less the probe's three
+matrices when they are on the CPU; `rss_before_steps_mb` is the same before the first step
+(libraries, model, batch). `device` names the CPU model or the GPU.
+
+On CUDA also: `peak_gpu_mem_mb` = `torch.cuda.max_memory_allocated()` over the warm-up and timed steps
+(reset just before them) and `gpu_mem_before_steps_mb` = the allocated memory then, both less the
+probe's matrices; `mfu = achieved_flops / peak_bf16_flops`, the GPU's dense bf16 tensor-core peak from
+its data sheet (`benchmarks.common.PEAK_BF16_FLOPS`: 989e12 for H100 SXM and H200, 756e12 for H100
+PCIe, 312e12 for A100; None for other GPUs). It is against the bf16 peak whatever `--dtype` is, so an
+fp32 run's `mfu` is low by design; `flops_ratio` compares it with the fp32 matmul instead.
 """
 
 from __future__ import annotations
@@ -38,8 +49,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
 
 import torch  # noqa: E402
 
-from benchmarks.common import (DTYPES, MatmulProbe, TrainStep, benchmark_tokenizer, median,  # noqa: E402
-                               peak_rss_mb, reset_peak_rss, rss_mb, step_flops, synthetic_batch, time_steps)
+from benchmarks.common import (DTYPES, MatmulProbe, TrainStep, benchmark_tokenizer, device_name,  # noqa: E402
+                               device_sync, median, peak_bf16_flops, peak_rss_mb, reset_peak_rss, rss_mb,
+                               step_flops, synthetic_batch, time_steps)
 from unimodal.config import PRESETS, ModelConfig  # noqa: E402
 from unimodal.model import UniModalModel  # noqa: E402
 
@@ -62,41 +74,71 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch.compile the model (cold compile: 1-2 min on 2 cores; warm-up >= 3 steps)")
     parser.add_argument("--caption-tokens", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the reference torch.mm")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the reference torch.mm; default 2048 on cpu, 8192 on cuda")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where model, batch and probe run (cuda: the current GPU)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: no CUDA device is available (torch {torch.__version__}, "
+                     f"built with CUDA {torch.version.cuda}); use --device cpu")
     if args.compile:
         args.warmup = max(args.warmup, 3)  # the first calls compile (and may recompile once)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.matmul_size is not None and args.matmul_size < 1:
+        parser.error("--matmul-size must be >= 1")
     return args
 
 
 def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warmup: int = 3,
-        compile: bool = False, caption_tokens: int = 12, seed: int = 0, matmul_size: int = 2048) -> dict:
-    """Build, time and measure one configuration; returns the result dict (threads already set)."""
+        compile: bool = False, caption_tokens: int = 12, seed: int = 0, matmul_size: int | None = None,
+        device: str = "cpu") -> dict:
+    """Build, time and measure one configuration; returns the result dict (threads already set).
+    `matmul_size` None takes the device's default (`benchmarks.common.MATMUL_SIZE`)."""
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
     torch.manual_seed(seed)
     load_before = os.getloadavg()[0]
     tokenizer = benchmark_tokenizer()
     config = ModelConfig.preset(preset)
     if tokenizer.vocab_size > config.vocab_size:
         config.vocab_size = tokenizer.vocab_size
-    model = UniModalModel(config)
-    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed)
+    model = UniModalModel(config).to(device)  # built on the CPU first: the same weights on every device
+    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed).to(device)
     seq_len = int(batch.input_ids.shape[1])
-    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed)
-    probe = MatmulProbe(DTYPES[dtype], matmul_size)
+    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed)  # optimizer after the move
+    probe = MatmulProbe(DTYPES[dtype], matmul_size, device=device)
+    probe_mb = probe.nbytes / 2**20
+    host_probe_mb = 0.0 if on_cuda else probe_mb  # on CUDA the probe's matrices are GPU memory, not RSS
     reset_peak_rss()
-    rss_before = rss_mb() - probe.nbytes / 2**20
-    times = time_steps(step, steps, warmup, between=probe)
-    peak = peak_rss_mb() - probe.nbytes / 2**20
+    rss_before = rss_mb() - host_probe_mb
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        gpu_before = torch.cuda.memory_allocated(device) / 2**20 - probe_mb
+    times = time_steps(step, steps, warmup, between=probe, sync=device_sync(device))
+    peak = peak_rss_mb() - host_probe_mb
     seconds = median(times)
     matmul = median(probe.rates)
     flops = step_flops(config, batch_size, seq_len, batch.num_images)
     achieved = flops.total / seconds
+    name = device_name(device)
+    gpu = {}
+    if on_cuda:
+        peak_flops = peak_bf16_flops(name)
+        gpu = {
+            "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 - probe_mb,
+            "gpu_mem_before_steps_mb": gpu_before,
+            "peak_bf16_flops": peak_flops,
+            "mfu": achieved / peak_flops if peak_flops else None,
+        }
     return {
         "benchmark": "train_throughput",
         "preset": preset,
         "dtype": dtype,
+        "device_type": device.type,
+        "device": name,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "seq_len": seq_len,
@@ -115,9 +157,10 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
         "achieved_flops": achieved,
         "matmul_flops": matmul,
         "matmul_flops_max": max(probe.rates),
-        "matmul_size": matmul_size,
+        "matmul_size": probe.size,
         "flops_ratio": achieved / matmul,
         "flops_ratio_best": flops.total / min(times) / max(probe.rates),
+        **gpu,
         "optimizer": f"torch.optim.AdamW({step.optimizer_kind})",
         "compile": compile,
         "distributed": "none (plain PyTorch, one process, no DeepSpeed)",
@@ -134,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(args.preset, 8)
     result = run(args.preset, batch_size, args.dtype, args.steps, args.warmup, args.compile,
-                 args.caption_tokens, args.seed, args.matmul_size)
+                 args.caption_tokens, args.seed, args.matmul_size, args.device)
     print(json.dumps(result), flush=True)
     return result
 

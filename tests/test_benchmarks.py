@@ -41,6 +41,26 @@ def test_train_throughput_prints_sane_json(capsys, dtype):
     assert 0 < printed["flops_ratio"] < 2
     assert printed["tokens_per_s"] == pytest.approx(printed["samples_per_s"] * printed["seq_len"])
     assert "DeepSpeed" in printed["distributed"]
+    assert printed["device_type"] == "cpu" and printed["device"]
+    assert printed["matmul_size"] == 256
+    assert "mfu" not in printed and "peak_gpu_mem_mb" not in printed  # CUDA-only fields
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
+def test_train_throughput_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_throughput.main(["--preset", "debug", "--device", "cuda"])
+    assert exit_info.value.code == 2  # argparse's usage error, before any model is built
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_matmul_probe_sizes_and_gpu_peaks():
+    assert common.MatmulProbe(torch.float32, size=None, reps=1).size == 2048  # the CPU default, unchanged
+    assert train_throughput.parse_args(["--device", "cpu"]).matmul_size is None
+    peaks = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA H100 PCIe": 756e12,
+             "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA H100 NVL": None,
+             "NVIDIA GeForce RTX 4090": None}
+    assert {name: common.peak_bf16_flops(name) for name in peaks} == peaks
 
 
 def test_sampling_benchmark_prints_speeds_of_both_paths(capsys):
