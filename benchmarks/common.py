@@ -23,7 +23,7 @@ import torch
 from unimodal.config import ModelConfig
 from unimodal.diffusion import make_process
 from unimodal.layout import Batch, SequenceLayout
-from unimodal.model import UniModalModel, noise_images
+from unimodal.model import UniModalModel, combine_outputs, noise_images
 from unimodal.tokenizer import Tokenizer
 
 # Words of the synthetic shapes world (data/synthetic.py); captions are drawn from them at random so
@@ -55,8 +55,9 @@ def caption_ids(tokenizer: Tokenizer, rng: random.Random, num_tokens: int) -> li
 
 
 def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, caption_tokens: int = 12,
-                    seed: int = 0) -> Batch:
-    """A collated batch mixing generation / caption / VQA sequences as the layout builds them.
+                    seed: int = 0, vqa_turns: int = 1) -> Batch:
+    """A collated batch mixing generation / caption / VQA sequences (of `vqa_turns` QA pairs) as the
+    layout builds them.
 
     Images are random latents of the model's latent shape (the pixel codec's latents are the pixels),
     so the codec is not part of the step, as in training on pre-encoded latents.
@@ -74,7 +75,8 @@ def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, 
         elif task == "caption":
             examples.append(layout.caption(image, caption_ids(tokenizer, rng, caption_tokens)))
         else:
-            examples.append(layout.vqa(image, rng.choice(QUESTIONS), rng.choice(ANSWERS)))
+            pairs = [(rng.choice(QUESTIONS), rng.choice(ANSWERS)) for _ in range(vqa_turns)]
+            examples.append(layout.vqa_turns(image, pairs))
     return layout.collate(examples)
 
 
@@ -295,9 +297,11 @@ class TrainStep:
     """
 
     def __init__(self, model: UniModalModel, batch: Batch, dtype: torch.dtype = torch.float32,
-                 optimizer: str = "auto", compile: bool = False, seed: int = 0):
+                 optimizer: str = "auto", compile: bool = False, seed: int = 0, length_buckets: int = 1):
         self.model = model.train()
         self.batch = batch
+        # The parts the training loop would run for `data.length_buckets` (split once, like the batch).
+        self.parts = batch.split_by_length(length_buckets) if length_buckets > 1 else [batch]
         self.dtype = dtype
         self.device_type = batch.input_ids.device.type
         self.process = make_process(model.config)
@@ -311,12 +315,14 @@ class TrainStep:
         self.forward: Callable = torch.compile(model) if compile else model
 
     def __call__(self) -> float:
-        batch = self.batch
         cfg = self.model.config
-        noised, timesteps, target = noise_images(self.process, batch.images, batch.image_is_target,
-                                                 cfg.condition_max_noise, self.generator)
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            output = self.forward(batch.with_images(noised), timesteps, target)
+        outputs = []
+        for batch in self.parts:
+            noised, timesteps, target = noise_images(self.process, batch.images, batch.image_is_target,
+                                                     cfg.condition_max_noise, self.generator)
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+                outputs.append(self.forward(batch.with_images(noised), timesteps, target))
+        output = combine_outputs(outputs, cfg)
         output.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

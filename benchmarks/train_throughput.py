@@ -4,6 +4,7 @@ FLOP/s against the machine's own measured matmul rate (and, on a known GPU, its 
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --steps 10 --threads 2
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --dtype bf16
     python benchmarks/train_throughput.py --preset base --device cuda --dtype bf16 --batch-size 8
+    python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 64 --vqa-turns 8 --length-buckets 2
 
 A random model of the preset trains on one fixed synthetic batch that mixes generation, caption and
 VQA sequences as `SequenceLayout` builds them (random latents, ~12-token captions). A step is what the
@@ -19,7 +20,9 @@ Prints one JSON line. `flops_per_step` is counted analytically (`benchmarks.comm
     adapters  = 6 · N_img · (P · 2·E·D + 256·D + 3·D²)
 
 over every position (padding included; the LM head over all B·T positions; attention over the full
-T×T square). `matmul_flops` is a `torch.mm` on the same device, in the same dtype and thread count,
+T×T square), summed over the parts when `--length-buckets` splits the batch as the training loop
+does (`padded_positions` then counts each part at its own length; `real_tokens` the unpadded ones;
+`tokens_per_s` stays B·T of the whole padded batch per second). `matmul_flops` is a `torch.mm` on the same device, in the same dtype and thread count,
 timed in the same run (2048² on the CPU, 8192² on CUDA; `--matmul-size` overrides): one probe of 3
 products after every timed step, so steps and probes see the same load on a shared machine.
 `flops_ratio = achieved_flops / matmul_flops` compares the medians; `flops_ratio_best` compares the
@@ -49,9 +52,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.common` impor
 
 import torch  # noqa: E402
 
-from benchmarks.common import (DTYPES, MatmulProbe, TrainStep, benchmark_tokenizer, device_name,  # noqa: E402
-                               device_sync, median, peak_bf16_flops, peak_rss_mb, reset_peak_rss, rss_mb,
-                               step_flops, synthetic_batch, time_steps)
+from benchmarks.common import (DTYPES, FlopCount, MatmulProbe, TrainStep, benchmark_tokenizer,  # noqa: E402
+                               device_name, device_sync, median, peak_bf16_flops, peak_rss_mb, reset_peak_rss,
+                               rss_mb, step_flops, synthetic_batch, time_steps)
 from unimodal.config import PRESETS, ModelConfig  # noqa: E402
 from unimodal.model import UniModalModel  # noqa: E402
 
@@ -73,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (cold compile: 1-2 min on 2 cores; warm-up >= 3 steps)")
     parser.add_argument("--caption-tokens", type=int, default=12)
+    parser.add_argument("--vqa-turns", type=int, default=1, help="QA pairs per VQA sequence (data.vqa_turns)")
+    parser.add_argument("--length-buckets", type=int, default=1,
+                        help="run the batch as up to this many length-sorted parts (data.length_buckets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matmul-size", type=int, default=None,
                         help="side of the reference torch.mm; default 2048 on cpu, 8192 on cuda")
@@ -86,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = max(args.warmup, 3)  # the first calls compile (and may recompile once)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.vqa_turns < 1 or args.length_buckets < 1:
+        parser.error("--vqa-turns and --length-buckets must be >= 1")
     if args.matmul_size is not None and args.matmul_size < 1:
         parser.error("--matmul-size must be >= 1")
     return args
@@ -93,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warmup: int = 3,
         compile: bool = False, caption_tokens: int = 12, seed: int = 0, matmul_size: int | None = None,
-        device: str = "cpu") -> dict:
+        device: str = "cpu", vqa_turns: int = 1, length_buckets: int = 1) -> dict:
     """Build, time and measure one configuration; returns the result dict (threads already set).
     `matmul_size` None takes the device's default (`benchmarks.common.MATMUL_SIZE`)."""
     device = torch.device(device)
@@ -105,9 +113,10 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
     if tokenizer.vocab_size > config.vocab_size:
         config.vocab_size = tokenizer.vocab_size
     model = UniModalModel(config).to(device)  # built on the CPU first: the same weights on every device
-    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed).to(device)
+    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed, vqa_turns).to(device)
     seq_len = int(batch.input_ids.shape[1])
-    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed)  # optimizer after the move
+    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed,  # optimizer after the move
+                     length_buckets=length_buckets)
     probe = MatmulProbe(DTYPES[dtype], matmul_size, device=device)
     probe_mb = probe.nbytes / 2**20
     host_probe_mb = 0.0 if on_cuda else probe_mb  # on CUDA the probe's matrices are GPU memory, not RSS
@@ -121,7 +130,9 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
     peak = peak_rss_mb() - host_probe_mb
     seconds = median(times)
     matmul = median(probe.rates)
-    flops = step_flops(config, batch_size, seq_len, batch.num_images)
+    part_flops = [step_flops(config, int(part.input_ids.shape[0]), int(part.input_ids.shape[1]), part.num_images)
+                  for part in step.parts]  # the work asked of the kernels: each part at its own length
+    flops = FlopCount(*(sum(getattr(f, name) for f in part_flops) for name in ("dense", "attention", "adapters")))
     achieved = flops.total / seconds
     name = device_name(device)
     gpu = {}
@@ -142,6 +153,11 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "seq_len": seq_len,
+        "vqa_turns": vqa_turns,
+        "length_buckets": length_buckets,
+        "parts": len(step.parts),
+        "padded_positions": sum(part.input_ids.numel() for part in step.parts),
+        "real_tokens": int(batch.lengths.sum()),
         "num_images": batch.num_images,
         "params": model.num_parameters(),
         "samples_per_s": batch_size / seconds,
@@ -177,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(args.preset, 8)
     result = run(args.preset, batch_size, args.dtype, args.steps, args.warmup, args.compile,
-                 args.caption_tokens, args.seed, args.matmul_size, args.device)
+                 args.caption_tokens, args.seed, args.matmul_size, args.device, args.vqa_turns,
+                 args.length_buckets)
     print(json.dumps(result), flush=True)
     return result
 

@@ -43,6 +43,10 @@ class DataConfig:
     # QA pairs per VQA example (distinct, drawn from KEY.json): more answer supervision per image
     # for a few tokens each. The first turn is always the single-question inference format.
     vqa_turns: int = 1
+    # The training loop runs each micro-batch as up to this many parts of similar sequence length
+    # (`Batch.split_by_length`), each padded only to its own longest row, and merges their losses
+    # exactly; 1 runs it whole. Pays when sequence lengths differ a lot (multi-turn VQA beside captions).
+    length_buckets: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,7 +57,7 @@ class DataConfig:
 
     def validate(self) -> None:
         positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
-                    "shuffle_buffer"]
+                    "shuffle_buffer", "length_buckets"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}")

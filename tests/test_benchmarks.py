@@ -46,6 +46,17 @@ def test_train_throughput_prints_sane_json(capsys, dtype):
     assert "mfu" not in printed and "peak_gpu_mem_mb" not in printed  # CUDA-only fields
 
 
+def test_train_throughput_length_buckets_count_the_work_of_each_part(capsys):
+    args = ["--preset", "debug", "--steps", "1", "--warmup", "0", "--batch-size", "6", "--matmul-size", "256",
+            "--vqa-turns", "6"]
+    whole = train_throughput.main(args)
+    split = train_throughput.main(args + ["--length-buckets", "2"])
+    assert (whole["parts"], split["parts"]) == (1, 2)
+    assert whole["padded_positions"] == 6 * whole["seq_len"]  # one batch padded to its longest row
+    assert whole["real_tokens"] == split["real_tokens"] < split["padded_positions"] < whole["padded_positions"]
+    assert split["flops_per_step"] < whole["flops_per_step"]  # less padding, less work asked
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
 def test_train_throughput_cuda_without_a_gpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_info:

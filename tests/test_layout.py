@@ -1,7 +1,10 @@
+import itertools
+import random
+
 import pytest
 import torch
 
-from unimodal.layout import IGNORE_INDEX, SequenceLayout, build_attention_mask, rope_positions
+from unimodal.layout import IGNORE_INDEX, SequenceLayout, _fewest_padded_cuts, build_attention_mask, rope_positions
 
 
 def test_examples_place_tokens_and_labels(tokenizer):
@@ -85,3 +88,56 @@ def test_rope_positions_sequence_and_shared_with_left_padding():
     assert shared.tolist() == [[0, 1, 2, 2, 2, 3, 4, 5], [0, 0, 0, 1, 1, 1, 2, 3]]
     none = rope_positions(valid[:1], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 3, "shared")
     assert none.tolist() == [list(range(8))]
+
+
+def mixed_length_examples(layout, tokenizer):
+    """Short and long sequences with images in different places: text, captions, many-turn VQA."""
+    img = [torch.full((3, 8, 8), float(value)) for value in range(5)]
+    turns = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")] * 3
+    return [layout.caption(img[0], "a red circle"), layout.vqa_turns(img[1], turns), layout.text("a"),
+            layout.generation("a large blue square", img[2]), layout.vqa_turns(img[3], turns),
+            layout.caption(img[4], "a small green triangle")]
+
+
+def test_split_by_length_equals_collating_each_group(tokenizer):
+    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    examples = mixed_length_examples(layout, tokenizer)
+    batch = layout.collate(examples)
+    parts = batch.split_by_length(2)
+    assert len(parts) == 2
+    lengths = [len(e) for e in examples]
+    long_rows = {i for i, n in enumerate(lengths) if n == max(lengths)}
+    assert parts[1].lengths.tolist() == [max(lengths)] * len(long_rows)  # the two VQA rows, together
+    padded = sum(part.input_ids.numel() for part in parts)
+    assert padded < batch.input_ids.numel() and sum(p.input_ids.shape[0] for p in parts) == len(examples)
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    start = 0
+    for part in parts:
+        rows = order[start:start + part.input_ids.shape[0]]
+        start += len(rows)
+        alone = layout.collate([examples[i] for i in rows])
+        for name in ("input_ids", "lm_labels", "attention_mask", "lengths", "images", "image_batch_index",
+                     "image_starts", "image_is_target"):
+            assert torch.equal(getattr(part, name), getattr(alone, name)), name
+    assert batch.split_by_length(1) == [batch]  # one part is the batch itself, rows unsorted
+
+
+def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
+    assert _fewest_padded_cuts([1, 1, 1, 10, 10], 2) == [3, 5]
+    assert _fewest_padded_cuts([1, 1, 1, 10, 10], 1) == [5]
+    assert _fewest_padded_cuts([1, 5, 5, 9], 3) == [1, 3, 4]
+    assert _fewest_padded_cuts([4, 4, 4], 3) == [3]  # splitting equal rows saves nothing
+    assert _fewest_padded_cuts([2, 3], 8) == [1, 2]  # never more parts than rows
+
+    def padded(lengths, ends):
+        starts = [0] + ends[:-1]
+        return sum((end - start) * lengths[end - 1] for start, end in zip(starts, ends))
+
+    rng = random.Random(0)
+    for _ in range(200):  # against every way of cutting a short sorted list
+        lengths = sorted(rng.randint(1, 9) for _ in range(rng.randint(1, 7)))
+        parts = rng.randint(1, 4)
+        cuts = [list(c) + [len(lengths)] for r in range(parts) for c in itertools.combinations(range(1, len(lengths)), r)]
+        ends = _fewest_padded_cuts(lengths, parts)
+        assert len(ends) <= parts and ends[-1] == len(lengths)
+        assert padded(lengths, ends) == min(padded(lengths, c) for c in cuts)

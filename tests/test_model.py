@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 from unimodal.codecs import PixelCodec
 from unimodal.diffusion import make_process
 from unimodal.layout import SequenceLayout
-from unimodal.model import UniModalModel, noise_images
+from unimodal.model import UniModalModel, combine_outputs, noise_images
 from unimodal.pretrained import load_export, save_export
 
 
@@ -126,3 +126,35 @@ def test_importing_unimodal_loads_no_training_stack():
             "bad = [m for m in ('deepspeed', 'webdataset', 'training', 'data', 'eval') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenizer, debug_config):
+    """`Batch.split_by_length` + `combine_outputs` is an exact rewrite of one padded forward."""
+    model = build(debug_config).train()
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    turns = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")] * 4
+    examples = [layout.caption(image(debug_config, 0), "a red circle"), layout.vqa_turns(image(debug_config, 1), turns),
+                layout.generation("a large blue square", image(debug_config, 2)), layout.text("a small green"),
+                layout.vqa_turns(image(debug_config, 3), turns[:3]), layout.generation("", image(debug_config, 4))]
+    batch = layout.collate(examples)
+    process = make_process(debug_config)
+    noised, times, target = noise_images(process, batch.images, batch.image_is_target, 0.0,
+                                         torch.Generator().manual_seed(0))
+    whole = model(batch.with_images(noised), times, target)
+    whole.loss.backward()
+    whole_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    parts, outputs = batch.with_images(noised).split_by_length(3), []
+    assert len(parts) > 1
+    for part in parts:  # each part's images are some of the batch's: find them to pick times and targets
+        index = [next(n for n in range(len(noised)) if torch.equal(noised[n], img)) for img in part.images]
+        outputs.append(model(part, times[index], target[index]))
+    merged = combine_outputs(outputs, debug_config)
+    assert_close(merged.lm_loss, whole.lm_loss)
+    assert_close(merged.denoise_loss, whole.denoise_loss)
+    assert_close(merged.loss, whole.loss)
+    assert merged.num_lm_tokens == whole.num_lm_tokens and merged.num_target_images == 2
+    merged.loss.backward()
+    for param, expected in zip(model.parameters(), whole_grads):
+        assert_close(param.grad, expected, atol=1e-6, rtol=1e-4)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from unimodal.model import noise_images
+from unimodal.model import combine_outputs, noise_images
 
 from .checkpoint import Checkpointer, capture_rng, tag_for
 from .config import RunConfig
@@ -141,14 +141,22 @@ class TrainingLoop:
 
     # ---- one micro-batch ----
     def forward(self, batch):
-        """Encode, noise and run one micro-batch; returns the model output."""
+        """Encode, noise and run one micro-batch; returns the model output (its losses merged over the
+        batch's length buckets, `data.length_buckets`, when it is split) and the batch."""
         ctx = self.ctx
         batch = batch.to(ctx.engine.device)
+        buckets = ctx.config.data.length_buckets
+        parts = batch.split_by_length(buckets) if buckets > 1 else [batch]
+        outputs = [self._forward_part(part) for part in parts]
+        return combine_outputs(outputs, ctx.config.model), batch
+
+    def _forward_part(self, batch):
+        ctx = self.ctx
         with torch.no_grad():
             latents = batch.images if ctx.config.data.latents else ctx.codec.encode(batch.images)
         noised, timesteps, target = noise_images(ctx.process, latents.float(), batch.image_is_target,
                                                  ctx.config.model.condition_max_noise, ctx.generator)
-        return ctx.engine.forward(batch.with_images(noised), timesteps, target), batch
+        return ctx.engine.forward(batch.with_images(noised), timesteps, target)
 
     def trainer_state(self) -> dict[str, Any]:
         ctx = self.ctx

@@ -20,13 +20,17 @@ from .layout import IGNORE_INDEX, Batch, rope_positions
 
 @dataclass
 class UniModalOutput:
-    """What `UniModalModel.forward` returns. Losses are None when no targets were given."""
+    """What `UniModalModel.forward` returns. Losses are None when no targets were given; the counts
+    are what each loss averages over, so the losses of several parts can be merged exactly
+    (`combine_outputs`, where the per-position predictions are None)."""
 
-    lm_logits: torch.Tensor  # (B, T, V)
-    denoise_pred: torch.Tensor  # (N, C, H, W), a prediction for every image (targets or not)
+    lm_logits: torch.Tensor | None  # (B, T, V)
+    denoise_pred: torch.Tensor | None  # (N, C, H, W), a prediction for every image (targets or not)
     lm_loss: torch.Tensor | None = None
     denoise_loss: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    num_lm_tokens: int = 0  # labelled positions behind lm_loss
+    num_target_images: int = 0  # images behind denoise_loss
 
 
 class UniModalModel(nn.Module):
@@ -111,6 +115,8 @@ class UniModalModel(nn.Module):
                                               ignore_index=IGNORE_INDEX) if has_lm else lm_logits.sum() * 0)
             output.denoise_loss = self.denoise_loss(denoise_pred, denoise_target, batch.image_is_target)
             output.loss = cfg.lm_loss_weight * output.lm_loss + cfg.denoise_loss_weight * output.denoise_loss
+            output.num_lm_tokens = int((batch.lm_labels != IGNORE_INDEX).sum())
+            output.num_target_images = int(batch.image_is_target.sum()) if denoise_target is not None else 0
         return output
 
     @staticmethod
@@ -141,4 +147,23 @@ def noise_images(process, latents: torch.Tensor, is_target: torch.Tensor, condit
     return noised, timesteps, process.target(latents, noise, timesteps)
 
 
-__all__ = ["UniModalModel", "UniModalOutput", "noise_images", "patchify"]
+def combine_outputs(outputs: list[UniModalOutput], config: ModelConfig) -> UniModalOutput:
+    """Merge the losses of the parts of one batch (`Batch.split_by_length`) into the losses the whole
+    batch would have had: each loss is a mean, so the parts are weighted by what they average over."""
+    if len(outputs) == 1:
+        return outputs[0]
+    if any(out.loss is None for out in outputs):
+        raise ValueError("combine_outputs needs outputs with losses (forward with targets)")
+    num_tokens = sum(out.num_lm_tokens for out in outputs)
+    num_images = sum(out.num_target_images for out in outputs)
+    # A part without labels (or targets) contributes its zero-valued loss, which keeps every
+    # parameter in the graph as the single-batch forward does.
+    lm_loss = sum(out.lm_loss * (out.num_lm_tokens / num_tokens if num_tokens else 1.0) for out in outputs)
+    denoise_loss = sum(out.denoise_loss * (out.num_target_images / num_images if num_images else 1.0)
+                       for out in outputs)
+    loss = config.lm_loss_weight * lm_loss + config.denoise_loss_weight * denoise_loss
+    return UniModalOutput(lm_logits=None, denoise_pred=None, lm_loss=lm_loss, denoise_loss=denoise_loss,
+                          loss=loss, num_lm_tokens=num_tokens, num_target_images=num_images)
+
+
+__all__ = ["UniModalModel", "UniModalOutput", "combine_outputs", "noise_images", "patchify"]
