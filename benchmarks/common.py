@@ -301,7 +301,7 @@ class TrainStep:
         self.model = model.train()
         self.batch = batch
         # The parts the training loop would run for `data.length_buckets` (split once, like the batch).
-        self.parts = batch.split_by_length(length_buckets) if length_buckets > 1 else [batch]
+        self.parts = batch.split_by_length(length_buckets)
         self.dtype = dtype
         self.device_type = batch.input_ids.device.type
         self.process = make_process(model.config)

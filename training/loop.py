@@ -145,9 +145,7 @@ class TrainingLoop:
         batch's length buckets, `data.length_buckets`, when it is split) and the batch."""
         ctx = self.ctx
         batch = batch.to(ctx.engine.device)
-        buckets = ctx.config.data.length_buckets
-        parts = batch.split_by_length(buckets) if buckets > 1 else [batch]
-        outputs = [self._forward_part(part) for part in parts]
+        outputs = [self._forward_part(part) for part in batch.split_by_length(ctx.config.data.length_buckets)]
         return combine_outputs(outputs, ctx.config.model), batch
 
     def _forward_part(self, batch):

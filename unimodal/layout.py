@@ -90,10 +90,13 @@ class Batch:
         A batch that mixes short and long sequences (captions and generations of ~90 tokens, VQA
         with 8 turns of ~170) otherwise spends a third of its compute on padding. Run each part and
         merge the losses with `unimodal.model.combine_outputs`: the result equals the unsplit batch's.
+        `max_parts` 1 returns `[self]` without looking at the lengths.
         """
+        if max_parts <= 1:
+            return [self]
         lengths = self.lengths.tolist()
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        ends = _fewest_padded_cuts([lengths[i] for i in order], max(1, max_parts))
+        ends = _fewest_padded_cuts([lengths[i] for i in order], max_parts)
         if len(ends) == 1:
             return [self]  # one part: the batch as it is, rows in their order
         parts, start = [], 0

@@ -109,13 +109,14 @@ class UniModalModel(nn.Module):
         else:
             denoise_pred = hidden.new_zeros(0, *batch.images.shape[1:])
         output = UniModalOutput(lm_logits=lm_logits, denoise_pred=denoise_pred)
-        has_lm = bool((batch.lm_labels != IGNORE_INDEX).any())
+        num_lm_tokens = int((batch.lm_labels != IGNORE_INDEX).sum())
+        has_lm = num_lm_tokens > 0
         if has_lm or denoise_target is not None:
             output.lm_loss = (F.cross_entropy(lm_logits.flatten(0, 1).float(), batch.lm_labels.flatten(),
                                               ignore_index=IGNORE_INDEX) if has_lm else lm_logits.sum() * 0)
             output.denoise_loss = self.denoise_loss(denoise_pred, denoise_target, batch.image_is_target)
             output.loss = cfg.lm_loss_weight * output.lm_loss + cfg.denoise_loss_weight * output.denoise_loss
-            output.num_lm_tokens = int((batch.lm_labels != IGNORE_INDEX).sum())
+            output.num_lm_tokens = num_lm_tokens
             output.num_target_images = int(batch.image_is_target.sum()) if denoise_target is not None else 0
         return output
 
