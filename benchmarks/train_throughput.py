@@ -5,6 +5,7 @@ FLOP/s against the machine's own measured matmul rate (and, on a known GPU, its 
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --dtype bf16
     python benchmarks/train_throughput.py --preset base --device cuda --dtype bf16 --batch-size 8
     python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 64 --vqa-turns 8 --length-buckets 2
+    python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 32 --vqa-turns 3 --compile layers
 
 A random model of the preset trains on one fixed synthetic batch that mixes generation, caption and
 VQA sequences as `SequenceLayout` builds them (random latents, ~12-token captions). A step is what the
@@ -73,8 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per step; default per preset")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                         help="bf16 = torch.autocast(bfloat16) over fp32 weights")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (cold compile: 1-2 min on 2 cores; warm-up >= 3 steps)")
+    parser.add_argument("--compile", nargs="?", const="model", default=None, choices=("model", "layers"),
+                        help="torch.compile the whole model (cold: 1-3 min on 2 cores), or with 'layers' each "
+                             "decoder layer as training's deepspeed.compile does (cold: 20-40 s)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="override the preset's width")
     parser.add_argument("--caption-tokens", type=int, default=12)
     parser.add_argument("--vqa-turns", type=int, default=1, help="QA pairs per VQA sequence (data.vqa_turns)")
     parser.add_argument("--length-buckets", type=int, default=1,
@@ -100,16 +103,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warmup: int = 3,
-        compile: bool = False, caption_tokens: int = 12, seed: int = 0, matmul_size: int | None = None,
-        device: str = "cpu", vqa_turns: int = 1, length_buckets: int = 1) -> dict:
+        compile: str | None = None, caption_tokens: int = 12, seed: int = 0, matmul_size: int | None = None,
+        device: str = "cpu", vqa_turns: int = 1, length_buckets: int = 1, hidden_size: int | None = None) -> dict:
     """Build, time and measure one configuration; returns the result dict (threads already set).
-    `matmul_size` None takes the device's default (`benchmarks.common.MATMUL_SIZE`)."""
+    `compile`: None (eager), "model" or "layers". `matmul_size` None takes the device's default
+    (`benchmarks.common.MATMUL_SIZE`). `hidden_size` overrides the preset's width."""
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     torch.manual_seed(seed)
     load_before = os.getloadavg()[0]
     tokenizer = benchmark_tokenizer()
-    config = ModelConfig.preset(preset)
+    config = ModelConfig.preset(preset, **({"hidden_size": hidden_size} if hidden_size else {}))
     if tokenizer.vocab_size > config.vocab_size:
         config.vocab_size = tokenizer.vocab_size
     model = UniModalModel(config).to(device)  # built on the CPU first: the same weights on every device
@@ -179,6 +183,7 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
         **gpu,
         "optimizer": f"torch.optim.AdamW({step.optimizer_kind})",
         "compile": compile,
+        "hidden_size": config.hidden_size,
         "distributed": "none (plain PyTorch, one process, no DeepSpeed)",
         "steps": steps,
         "warmup": warmup,
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(args.preset, 8)
     result = run(args.preset, batch_size, args.dtype, args.steps, args.warmup, args.compile,
                  args.caption_tokens, args.seed, args.matmul_size, args.device, args.vqa_turns,
-                 args.length_buckets)
+                 args.length_buckets, args.hidden_size)
     print(json.dumps(result), flush=True)
     return result
 

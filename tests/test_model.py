@@ -158,3 +158,29 @@ def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenize
     merged.loss.backward()
     for param, expected in zip(model.parameters(), whole_grads):
         assert_close(param.grad, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_compiled_layers_give_the_eager_losses_and_gradients(tokenizer, debug_config):
+    """`compile_layers` (regional torch.compile, dynamic shapes) changes speed, not results: the
+    same losses and gradients over two batches of different lengths, and the same parameter names."""
+    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    batches = [layout.collate([layout.caption(image(debug_config, 0), "a red circle"),
+                               layout.generation("a large blue square", image(debug_config, 1))]),
+               layout.collate([layout.vqa_turns(image(debug_config, 2), [("how many shapes are there?", "2")] * 3),
+                               layout.generation("", image(debug_config, 3)), layout.text("a small green")])]
+    process = make_process(debug_config)
+    eager, compiled = build(debug_config).train(), build(debug_config).train()
+    names = [name for name, _ in compiled.named_parameters()]
+    compiled.compile_layers()
+    assert [name for name, _ in compiled.named_parameters()] == names
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for batch in batches:
+        noised, times, target = noise_images(process, batch.images, batch.image_is_target, 0.0,
+                                             torch.Generator().manual_seed(0))
+        outputs = [model(batch.with_images(noised), times, target) for model in (eager, compiled)]
+        assert_close(outputs[1].loss, outputs[0].loss, atol=1e-5, rtol=1e-5)
+        for output in outputs:
+            output.loss.backward()
+        for (name, expected), param in zip(eager.named_parameters(), compiled.parameters()):
+            assert_close(param.grad, expected.grad, atol=1e-5, rtol=1e-4, msg=name)
+        eager.zero_grad(), compiled.zero_grad()

@@ -40,10 +40,19 @@ def test_yaml_then_overrides(tmp_path):
     ("deepspeed.precision=fp16", "precision"),
     ("schedule.warmup_steps=5000", "warmup_steps"),
     ("zero_stage", "section.key=value"),
+    ("deepspeed.compile=model", "deepspeed.compile='model'; expected one of"),
+    ("deepspeed.compile=layers deepspeed.zero_stage=3", "zero_stage 3"),
 ])
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ValueError, match=message):
-        load_run_config(None, ["model.preset=debug", override])
+        load_run_config(None, ["model.preset=debug", *override.split(" ")])
+
+
+@pytest.mark.parametrize("value, expected", [("layers", "layers"), ("none", "none"), ("off", "none"),
+                                             ("false", "none")])
+def test_compile_modes(value, expected):
+    """An unquoted YAML `off` or `false` arrives as False and means eager, like "none"."""
+    assert load_run_config(None, [f"deepspeed.compile={value}"]).deepspeed.compile == expected
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path):

@@ -194,6 +194,8 @@ class Engine:
         self.ds_config = deepspeed_config(config, dist.world_size, dist.device)
         schedule = WarmupCosine(config.schedule.total_steps, config.schedule.warmup_steps,
                                 config.schedule.min_lr_ratio)
+        if config.deepspeed.compile == "layers":
+            model.compile_layers()  # in place, before DeepSpeed wraps it: names and hooks stay as they were
         groups = parameter_groups(model, config.optimizer.weight_decay)
         optimizer = None
         if config.optimizer.impl == "torch":
