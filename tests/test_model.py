@@ -183,4 +183,5 @@ def test_compiled_layers_give_the_eager_losses_and_gradients(tokenizer, debug_co
             output.loss.backward()
         for (name, expected), param in zip(eager.named_parameters(), compiled.parameters()):
             assert_close(param.grad, expected.grad, atol=1e-5, rtol=1e-4, msg=name)
-        eager.zero_grad(), compiled.zero_grad()
+        eager.zero_grad()
+        compiled.zero_grad()
