@@ -297,7 +297,7 @@ class TrainStep:
     """
 
     def __init__(self, model: UniModalModel, batch: Batch, dtype: torch.dtype = torch.float32,
-                 optimizer: str = "auto", compile: str | bool | None = None, seed: int = 0, length_buckets: int = 1):
+                 optimizer: str = "auto", compile: str | None = None, seed: int = 0, length_buckets: int = 1):
         self.model = model.train()
         self.batch = batch
         # The parts the training loop would run for `data.length_buckets` (split once, like the batch).
@@ -312,10 +312,10 @@ class TrainStep:
             params = [p for p in model.parameters() if p.requires_grad]
             kwargs = {"fused": True} if optimizer == "fused" else {"foreach": optimizer == "foreach"}
             self.optimizer, self.optimizer_kind = torch.optim.AdamW(params, lr=1e-4, **kwargs), optimizer
-        # compile: "layers" = the training loop's deepspeed.compile (regional); "model"/True = whole model.
+        # compile: None = eager, "layers" = the training loop's deepspeed.compile (regional), "model" = whole model.
         if compile == "layers":
             model.compile_layers()
-        self.forward: Callable = torch.compile(model) if compile in ("model", True) else model
+        self.forward: Callable = torch.compile(model) if compile == "model" else model
 
     def __call__(self) -> float:
         cfg = self.model.config
