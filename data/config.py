@@ -47,6 +47,11 @@ class DataConfig:
     # (`Batch.split_by_length`), each padded only to its own longest row, and merges their losses
     # exactly; 1 runs it whole. Pays when sequence lengths differ a lot (multi-turn VQA beside captions).
     length_buckets: int = 1
+    # Shapes of those parts: every part but the last holds a multiple of `bucket_row_multiple` rows,
+    # and batches and parts are padded to a multiple of `length_multiple` positions. A few shapes,
+    # seen again and again, run faster on the CPU than a new shape every step (README, Benchmarks).
+    bucket_row_multiple: int = 1
+    length_multiple: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,7 +62,7 @@ class DataConfig:
 
     def validate(self) -> None:
         positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
-                    "shuffle_buffer", "length_buckets"]
+                    "shuffle_buffer", "length_buckets", "bucket_row_multiple", "length_multiple"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}")

@@ -145,13 +145,13 @@ class ShardStream(IterableDataset):
 
     def _collate(self, examples: list, in_worker: bool) -> Batch:
         if in_worker:
-            return self.layout.collate(examples)
+            return self.layout.collate(examples, self.config.length_multiple)
         # In the main process (num_workers=0), collate on one thread: the mask's elementwise ops on
         # (B, T, T) bools took ~20 ms each with 2 threads on a busy 2-core machine, ~0.04 ms with 1.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self.layout.collate(examples)
+            return self.layout.collate(examples, self.config.length_multiple)
         finally:
             torch.set_num_threads(threads)
 

@@ -145,7 +145,9 @@ class TrainingLoop:
         batch's length buckets, `data.length_buckets`, when it is split) and the batch."""
         ctx = self.ctx
         batch = batch.to(ctx.engine.device)
-        outputs = [self._forward_part(part) for part in batch.split_by_length(ctx.config.data.length_buckets)]
+        data = ctx.config.data
+        parts = batch.split_by_length(data.length_buckets, data.bucket_row_multiple, data.length_multiple)
+        outputs = [self._forward_part(part) for part in parts]
         return combine_outputs(outputs, ctx.config.model), batch
 
     def _forward_part(self, batch):
