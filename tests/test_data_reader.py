@@ -92,6 +92,20 @@ def test_resume_gives_the_same_next_batches(shards, tokenizer, layout, num_worke
     same_batches(rest, full[split_at:])
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_length_multiple_pads_every_batch(shards, tokenizer, layout, num_workers):
+    """`length_multiple` pads batches (in a worker or not) to a multiple; the rows' content is unchanged."""
+    plain = list(build_train_loader(config(shards, num_workers=num_workers), tokenizer, layout))
+    padded = list(build_train_loader(config(shards, num_workers=num_workers, length_multiple=16), tokenizer, layout))
+    assert any(b.input_ids.shape[1] % 16 for b in plain)  # otherwise the test shows nothing
+    for a, b in zip(plain, padded, strict=True):
+        length = a.input_ids.shape[1]
+        assert b.input_ids.shape[1] % 16 == 0 and 0 <= b.input_ids.shape[1] - length < 16
+        assert torch.equal(b.input_ids[:, :length], a.input_ids) and torch.equal(b.lengths, a.lengths)
+        assert (b.lm_labels[:, length:] == -100).all()
+        assert torch.equal(b.attention_mask[..., :length, :length], a.attention_mask)
+
+
 def test_changed_reader_resumes_at_next_epoch(shards, tokenizer, layout, caplog):
     loader = build_train_loader(config(shards, num_workers=0), tokenizer, layout)
     take(loader, 2)
@@ -197,6 +211,10 @@ def test_plain_tarfile_jpg_shards_read_unchanged(tmp_path, tokenizer, layout):
 def test_config_errors(shards, tokenizer, layout):
     with pytest.raises(ValueError, match="unknown task"):
         DataConfig(task_weights={"captioning": 1.0})
+    with pytest.raises(ValueError, match="length_multiple must be positive"):
+        DataConfig(length_multiple=0)
+    with pytest.raises(ValueError, match="bucket_row_multiple must be positive"):
+        DataConfig(bucket_row_multiple=0)
     with pytest.raises(ValueError, match="unknown DataConfig"):
         DataConfig.from_dict({"train_shard": "x"})
     with pytest.raises(ValueError, match="train_shards is empty"):

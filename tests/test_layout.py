@@ -122,6 +122,30 @@ def test_split_by_length_equals_collating_each_group(tokenizer):
     assert batch.split_by_length(1) == [batch]  # one part is the batch itself, rows unsorted
 
 
+def test_split_by_length_with_row_and_length_multiples(tokenizer):
+    """Parts of a multiple of `row_multiple` rows (the last excepted), each padded to a multiple of
+    `length_multiple`: what collating the part's rows with that `pad_to_multiple_of` gives."""
+    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    examples = mixed_length_examples(layout, tokenizer)
+    batch = layout.collate(examples, pad_to_multiple_of=8)
+    assert batch.input_ids.shape[1] % 8 == 0
+    parts = batch.split_by_length(2, row_multiple=4, length_multiple=8)
+    assert [part.input_ids.shape[0] for part in parts] == [4, 2]  # 4 short rows, then the two VQA rows
+    lengths = [len(e) for e in examples]
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    start = 0
+    for part in parts:
+        assert part.input_ids.shape[1] % 8 == 0
+        rows = order[start:start + part.input_ids.shape[0]]
+        start += len(rows)
+        alone = layout.collate([examples[i] for i in rows], pad_to_multiple_of=8)
+        for name in ("input_ids", "lm_labels", "attention_mask", "lengths", "images", "image_batch_index",
+                     "image_starts", "image_is_target"):
+            assert torch.equal(getattr(part, name), getattr(alone, name)), name
+    # A row multiple that fits no cut leaves the batch whole.
+    assert batch.split_by_length(2, row_multiple=8, length_multiple=8) == [batch]
+
+
 def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
     assert _fewest_padded_cuts([1, 1, 1, 10, 10], 2) == [3, 5]
     assert _fewest_padded_cuts([1, 1, 1, 10, 10], 1) == [5]
@@ -141,3 +165,8 @@ def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
         ends = _fewest_padded_cuts(lengths, parts)
         assert len(ends) <= parts and ends[-1] == len(lengths)
         assert padded(lengths, ends) == min(padded(lengths, c) for c in cuts)
+        multiple = rng.randint(2, 3)  # cuts only after a multiple of rows, inside runs of equal lengths too
+        allowed = [c for c in cuts if all(end % multiple == 0 for end in c[:-1])]
+        ends = _fewest_padded_cuts(lengths, parts, multiple)
+        assert ends in allowed and padded(lengths, ends) == min(padded(lengths, c) for c in allowed)
+    assert _fewest_padded_cuts([1] * 5 + [10] * 3, 2, row_multiple=2) == [4, 8]  # inside the run of 1s

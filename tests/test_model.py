@@ -128,15 +128,17 @@ def test_importing_unimodal_loads_no_training_stack():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenizer, debug_config):
-    """`Batch.split_by_length` + `combine_outputs` is an exact rewrite of one padded forward."""
+@pytest.mark.parametrize("pad,split", [(1, (3, 1, 1)), (8, (3, 2, 8))])
+def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenizer, debug_config, pad, split):
+    """`Batch.split_by_length` + `combine_outputs` is an exact rewrite of one padded forward, also
+    with extra padding (`pad_to_multiple_of`, and parts of row and length multiples)."""
     model = build(debug_config).train()
     layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
     turns = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")] * 4
     examples = [layout.caption(image(debug_config, 0), "a red circle"), layout.vqa_turns(image(debug_config, 1), turns),
                 layout.generation("a large blue square", image(debug_config, 2)), layout.text("a small green"),
                 layout.vqa_turns(image(debug_config, 3), turns[:3]), layout.generation("", image(debug_config, 4))]
-    batch = layout.collate(examples)
+    batch = layout.collate(examples, pad_to_multiple_of=pad)
     process = make_process(debug_config)
     noised, times, target = noise_images(process, batch.images, batch.image_is_target, 0.0,
                                          torch.Generator().manual_seed(0))
@@ -145,7 +147,7 @@ def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenize
     whole_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
 
-    parts, outputs = batch.with_images(noised).split_by_length(3), []
+    parts, outputs = batch.with_images(noised).split_by_length(*split), []
     assert len(parts) > 1
     for part in parts:  # each part's images are some of the batch's: find them to pick times and targets
         index = [next(n for n in range(len(noised)) if torch.equal(noised[n], img)) for img in part.images]
