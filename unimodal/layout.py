@@ -245,8 +245,7 @@ class SequenceLayout:
         if not examples:
             raise ValueError("collate needs at least one example")
         lengths = [len(e) for e in examples]
-        total = max(lengths)
-        total = -(-total // pad_to_multiple_of) * pad_to_multiple_of
+        total = _round_up(max(lengths), pad_to_multiple_of)
         pad = self.tokenizer.pad_id
         input_ids = torch.full((len(examples), total), pad, dtype=torch.long)
         lm_labels = torch.full((len(examples), total), IGNORE_INDEX, dtype=torch.long)
