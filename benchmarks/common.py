@@ -15,8 +15,8 @@ import random
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -96,11 +96,11 @@ class FlopCount:
 
 def matmul_params(config: ModelConfig) -> int:
     """Weights of the per-token matmuls of the backbone and LM head (embeddings/norms excluded)."""
-    d, f, l = config.hidden_size, config.ffn_size, config.num_layers
+    d, f, num_layers = config.hidden_size, config.ffn_size, config.num_layers
     head_dim = d // config.num_heads
     kv = (config.num_kv_heads or config.num_heads) * head_dim
     per_layer = d * d + 2 * d * kv + d * d + 3 * d * f  # q, k, v, o projections; gate, up, down (SwiGLU)
-    return l * per_layer + d * config.vocab_size
+    return num_layers * per_layer + d * config.vocab_size
 
 
 def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: int) -> FlopCount:

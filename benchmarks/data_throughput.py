@@ -4,7 +4,7 @@
 
 Prints one JSON line: samples/s of the full training reader (tar read, shuffle, PNG decode, task
 mixture, tokenisation, `layout.collate` with the attention mask) for each worker count, and of
-decoding alone (`data.reader.iter_samples`, one process) for reference. Timing starts after a few
+decoding alone (`unimodal.data.reader.iter_samples`, one process) for reference. Timing starts after a few
 warm-up batches, so worker start-up is not counted. Wall-clock rates depend on what else runs on the
 machine (the load average is printed); `samples_per_cpu_s_0_workers` (the whole pipeline per CPU
 second of one process) does not, and bounds what each worker process can deliver.
@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from data.config import DataConfig  # noqa: E402
-from data.reader import build_train_loader, iter_samples  # noqa: E402
-from data.synthetic import World, WorldConfig  # noqa: E402
-from data.write_shards import write_synthetic_shards  # noqa: E402
-from unimodal.layout import SequenceLayout  # noqa: E402
-from unimodal.tokenizer import Tokenizer  # noqa: E402
+from unimodal.data.config import DataConfig
+from unimodal.data.reader import build_train_loader, iter_samples
+from unimodal.data.synthetic import World, WorldConfig
+from unimodal.data.write_shards import write_synthetic_shards
+from unimodal.layout import SequenceLayout
+from unimodal.tokenizer import Tokenizer
 
 
 def loader_rate(config: DataConfig, tokenizer: Tokenizer, layout: SequenceLayout, warmup: int,

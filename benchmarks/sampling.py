@@ -64,7 +64,7 @@ def bench_decoding(api: UniModal, batch_size: int, new_tokens: int, repeats: int
     prompts = [api.layout.caption_prompt(latent) for latent in latents]
     tokens_per_s = {}
     for use_cache in (True, False):
-        def run():
+        def run(use_cache=use_cache):
             ids = decode_text(api.model, prompts, latents, api.tokenizer.pad_id, NEVER_EOS, new_tokens,
                               use_cache=use_cache)
             assert all(len(row) == new_tokens for row in ids)
@@ -80,8 +80,8 @@ def bench_sampling(api: UniModal, batch_size: int, steps: list[int], guidance: f
     out = {"sample_batch_size": batch_size, "sample_guidance_scale": guidance}
     for num_steps in steps:
         for use_cache in (True, False):
-            seconds = timed(lambda: api.generate(prompts, num_steps=num_steps, guidance_scale=guidance,
-                                                 output_type="pt", use_cache=use_cache), repeats)
+            seconds = timed(lambda num_steps=num_steps, use_cache=use_cache: api.generate(
+                prompts, num_steps=num_steps, guidance_scale=guidance, output_type="pt", use_cache=use_cache), repeats)
             key = f"sample_s_per_image_{num_steps}_steps_{'cached' if use_cache else 'uncached'}"
             out[key] = round(seconds / batch_size, 4)
         out[f"sample_cache_speedup_{num_steps}_steps"] = round(

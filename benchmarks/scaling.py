@@ -15,7 +15,8 @@ Prints one JSON line per point and writes `scaling.jsonl` and `scaling.png` into
 is `flops_per_step / rate`, with `rate` the FLOP/s achieved at the sweep's largest point (so the
 curve shows how much of the growth the FLOP model explains: small points above it pay fixed per-step
 costs, as in Python and the optimizer); the plot also draws the ideal `flops_per_step / matmul_flops`.
-The matmul probe (`benchmarks.common.MatmulProbe`) runs between steps as in `train_throughput.py`. Peak memory is the process's peak RSS, reset before each point.
+The matmul probe (`benchmarks.common.MatmulProbe`) runs between steps as in `train_throughput.py`.
+Peak memory is the process's peak RSS, reset before each point.
 """
 
 from __future__ import annotations
@@ -31,12 +32,22 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import (DTYPES, MatmulProbe, TrainStep, benchmark_tokenizer, median,  # noqa: E402
-                               peak_rss_mb, reset_peak_rss, step_flops, synthetic_batch, time_steps)
-from unimodal.config import PRESETS, ModelConfig  # noqa: E402
-from unimodal.model import UniModalModel  # noqa: E402
+from benchmarks.common import (
+    DTYPES,
+    MatmulProbe,
+    TrainStep,
+    benchmark_tokenizer,
+    median,
+    peak_rss_mb,
+    reset_peak_rss,
+    step_flops,
+    synthetic_batch,
+    time_steps,
+)
+from unimodal.config import PRESETS, ModelConfig
+from unimodal.model import UniModalModel
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

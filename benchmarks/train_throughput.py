@@ -23,7 +23,8 @@ Prints one JSON line. `flops_per_step` is counted analytically (`benchmarks.comm
 over every position (padding included; the LM head over all B·T positions; attention over the full
 T×T square), summed over the parts when `--length-buckets` splits the batch as the training loop
 does (`padded_positions` then counts each part at its own length; `real_tokens` the unpadded ones;
-`tokens_per_s` stays B·T of the whole padded batch per second). `matmul_flops` is a `torch.mm` on the same device, in the same dtype and thread count,
+`tokens_per_s` stays B·T of the whole padded batch per second). `matmul_flops` is a `torch.mm` on the same
+device, in the same dtype and thread count,
 timed in the same run (2048² on the CPU, 8192² on CUDA; `--matmul-size` overrides): one probe of 3
 products after every timed step, so steps and probes see the same load on a shared machine.
 `flops_ratio = achieved_flops / matmul_flops` compares the medians; `flops_ratio_best` compares the
@@ -51,13 +52,27 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import (DTYPES, FlopCount, MatmulProbe, TrainStep, benchmark_tokenizer,  # noqa: E402
-                               device_name, device_sync, median, peak_bf16_flops, peak_rss_mb, reset_peak_rss,
-                               rss_mb, step_flops, synthetic_batch, time_steps)
-from unimodal.config import PRESETS, ModelConfig  # noqa: E402
-from unimodal.model import UniModalModel  # noqa: E402
+from benchmarks.common import (
+    DTYPES,
+    FlopCount,
+    MatmulProbe,
+    TrainStep,
+    benchmark_tokenizer,
+    device_name,
+    device_sync,
+    median,
+    peak_bf16_flops,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    step_flops,
+    synthetic_batch,
+    time_steps,
+)
+from unimodal.config import PRESETS, ModelConfig
+from unimodal.model import UniModalModel
 
 # Batch size per preset when --batch-size is not given. Measured for tiny on 2 cores: 16-32 sequences
 # give the most samples/s (8 leaves the matmuls too small, 64 spills the activations out of cache);

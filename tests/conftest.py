@@ -3,13 +3,12 @@
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from unimodal.config import ModelConfig  # noqa: E402
-from unimodal.tokenizer import Tokenizer  # noqa: E402
+from unimodal.config import ModelConfig
+from unimodal.tokenizer import Tokenizer
 
 CORPUS = [
     "a large red circle at the top left and a small blue square at the bottom right",

@@ -15,7 +15,6 @@ from unimodal.images import GRID_PADDING, image_grid
 from unimodal.model import UniModalModel
 
 
-
 @pytest.fixture(scope="module")
 def export(tokenizer, tmp_path_factory):
     """(export folder, the UniModal it was saved from)."""

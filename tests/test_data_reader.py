@@ -10,10 +10,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data.config import DataConfig
-from data.reader import build_train_loader, iter_samples
-from data.synthetic import World
-from data.write_shards import write_synthetic_shards
+from unimodal.data.config import DataConfig
+from unimodal.data.reader import build_train_loader, iter_samples
+from unimodal.data.synthetic import World
+from unimodal.data.write_shards import write_synthetic_shards
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
@@ -241,7 +241,7 @@ def test_finite_resume_when_one_worker_runs_dry_first(tmp_path, tokenizer, layou
 
 
 def test_skip_counter_plugs_into_webdataset(tmp_path):
-    from data.skips import SkipCounter
+    from unimodal.data.skips import SkipCounter
 
     counter = SkipCounter()
     pipeline = wds.tarfile_to_samples(handler=counter.handler("unreadable_shard"))

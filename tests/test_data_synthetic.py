@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.checker import Checker, check, parse_caption
-from data.synthetic import POSITIONS, SceneObject, World, WorldConfig, caption, render
-from data.write_shards import write_synthetic_shards
+from unimodal.data.checker import Checker, check, parse_caption
+from unimodal.data.synthetic import POSITIONS, SceneObject, World, WorldConfig, caption, render
+from unimodal.data.write_shards import write_synthetic_shards
 
 
 def test_samples_are_deterministic_and_splits_differ():

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from data.synthetic import World
-from data.tasks import TaskMixture, qa_pairs
+from unimodal.data.synthetic import World
+from unimodal.data.tasks import TaskMixture, qa_pairs
 from unimodal.layout import IGNORE_INDEX, SequenceLayout
 from unimodal.tokenizer import Tokenizer
 

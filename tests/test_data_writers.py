@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data import cache_latents, sources, write_shards
-from data.config import DataConfig
-from data.reader import build_train_loader, iter_samples
-from data.synthetic import World, WorldConfig
+from unimodal.data import cache_latents, sources, write_shards
+from unimodal.data.config import DataConfig
+from unimodal.data.reader import build_train_loader, iter_samples
+from unimodal.data.synthetic import World, WorldConfig
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
 

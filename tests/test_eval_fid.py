@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval import image_metrics
-from eval.image_metrics import (
+from unimodal.evaluation import image_metrics
+from unimodal.evaluation.image_metrics import (
     InceptionFeatureExtractor,
     default_feature_path,
     extract_features,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.caption_metrics import (
+from unimodal.evaluation.caption_metrics import (
     bleu4,
     bleu_scores,
     caption_scores,
@@ -16,13 +16,13 @@ from eval.caption_metrics import (
     exact_match,
     tokenize,
 )
-from eval.report import (
+from unimodal.evaluation.report import (
     flatten_metrics,
     save_image_grid,
     write_markdown_summary,
     write_metrics_json,
 )
-from eval.vqa_metrics import normalize_answer, vqa_accuracy, vqa_score
+from unimodal.evaluation.vqa_metrics import normalize_answer, vqa_accuracy, vqa_score
 from unimodal.images import GRID_PADDING, image_grid  # eval reports draw the library's grid
 
 # Two small corpora scored by coco-caption itself (pycocoevalcap 1.2, `Bleu(4)` and `Cider()`, fed

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from data.checker import Checker, parse_caption
-from data.synthetic import World, WorldConfig, caption, question_answers, render
-from eval import run
-from eval.shards_suite import run_shards
-from eval.suites import EvalSettings, verdict
 from unimodal.api import UniModal
 from unimodal.codecs import PixelCodec
 from unimodal.config import ModelConfig
+from unimodal.data.checker import Checker, parse_caption
+from unimodal.data.synthetic import World, WorldConfig, caption, question_answers, render
+from unimodal.evaluation import run
+from unimodal.evaluation.shards_suite import run_shards
+from unimodal.evaluation.suites import EvalSettings, verdict
 from unimodal.model import UniModalModel
 from unimodal.tokenizer import Tokenizer
 

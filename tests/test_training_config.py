@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from training.config import load_run_config, run_config_from_dict, save_run_config
-from training.engine import deepspeed_config, parameter_groups
-from training.schedule import WarmupCosine
 from unimodal.model import UniModalModel
+from unimodal.training.config import load_run_config, run_config_from_dict, save_run_config
+from unimodal.training.engine import deepspeed_config, parameter_groups
+from unimodal.training.schedule import WarmupCosine
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

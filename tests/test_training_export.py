@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_training_support import run_args, shard_dir  # noqa: F401  (fixture)
-from training.config import load_run_config
-from training.train import finish, prepare_run
+
 from unimodal.diffusion import make_process
 from unimodal.model import noise_images
 from unimodal.pretrained import load_export
+from unimodal.training.config import load_run_config
+from unimodal.training.train import finish, prepare_run
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])

@@ -11,13 +11,13 @@ import time
 
 import pytest
 import torch
-
 from test_training_support import REPO, events, losses_by_step, run_args, shard_dir, subprocess_env  # noqa: F401
-from training import checkpoint
-from training.checkpoint import LATEST, META, PAUSE_ENV, TMP_PREFIX, latest_checkpoint, tag_for
-from training.loop import TrainingLoop
-from training.train import EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, main
+
 from unimodal.model import UniModalModel
+from unimodal.training import checkpoint
+from unimodal.training.checkpoint import LATEST, META, PAUSE_ENV, TMP_PREFIX, latest_checkpoint, tag_for
+from unimodal.training.loop import TrainingLoop
+from unimodal.training.train import EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, main
 
 
 def test_sigkill_during_checkpoint_write_then_resume(tmp_path, shard_dir):  # noqa: F811
@@ -27,7 +27,7 @@ def test_sigkill_during_checkpoint_write_then_resume(tmp_path, shard_dir):  # no
     # Continue to step 4 in a subprocess that stops inside the step-4 save, after its files are written
     # and before the commit, then kill it there.
     staging = run_dir / "checkpoints" / f"{TMP_PREFIX}{tag_for(4)}"
-    process = subprocess.Popen([sys.executable, "-m", "training.train", *run_args(shard_dir, run_dir)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "unimodal.training.train", *run_args(shard_dir, run_dir)], cwd=REPO,
                                env=subprocess_env(**{PAUSE_ENV: "120"}), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -87,7 +87,7 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, shard_dir): 
     run_dir = tmp_path / "run"
     argv = run_args(shard_dir, run_dir, "schedule.total_steps=100000", "checkpoint.every=100000",
                     "data.num_workers=2")
-    process = subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=REPO, env=subprocess_env(),
+    process = subprocess.Popen([sys.executable, "-m", "unimodal.training.train", *argv], cwd=REPO, env=subprocess_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 180

@@ -10,15 +10,15 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-
 from test_training_support import REPO, events, losses_by_step, run_args, shard_dir, subprocess_env  # noqa: F401
-from training.checkpoint import LATEST, latest_checkpoint, tag_for, trainer_state_file
-from training.engine import consolidated_checkpoint_weights
+
+from unimodal.training.checkpoint import LATEST, latest_checkpoint, tag_for, trainer_state_file
+from unimodal.training.engine import consolidated_checkpoint_weights
 
 
 def torchrun(*argv: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "training.train", *argv]
+               "-m", "unimodal.training.train", *argv]
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result

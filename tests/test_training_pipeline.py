@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import yaml
-
 from test_training_support import events, losses_by_step, run_args, shard_dir  # noqa: F401  (fixture)
-from training.config import run_config_from_dict
-from training.train import main
+
 from unimodal.api import UniModal
 from unimodal.tokenizer import Tokenizer
+from unimodal.training.config import run_config_from_dict
+from unimodal.training.train import main
 
 
 def test_main_job_writes_everything_in_one_folder(tmp_path):

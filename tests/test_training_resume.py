@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_training_support import losses_by_step, run_args, shard_dir  # noqa: F401  (fixture)
-from training.checkpoint import LATEST, tag_for
-from training.engine import consolidated_checkpoint_weights
-from training.train import main
+
+from unimodal.training.checkpoint import LATEST, tag_for
+from unimodal.training.engine import consolidated_checkpoint_weights
+from unimodal.training.train import main
 
 
 # The ZeRO-3 run also splits its micro-batches by length (several forwards before one backward).

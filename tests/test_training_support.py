@@ -20,8 +20,8 @@ IMAGE_SIZE = 16
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory) -> Path:
     """160 train and 8 eval synthetic samples at 16 px, 40 per shard."""
-    from data.synthetic import WorldConfig
-    from data.write_shards import write_synthetic_shards
+    from unimodal.data.synthetic import WorldConfig
+    from unimodal.data.write_shards import write_synthetic_shards
 
     root = tmp_path_factory.mktemp("shards")
     world = WorldConfig(image_size=IMAGE_SIZE)
@@ -32,7 +32,7 @@ def shard_dir(tmp_path_factory) -> Path:
 
 
 def run_args(shard_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    """argv for `training.train.main`: a debug model trained for 4 steps, checkpoints every 2."""
+    """argv for `unimodal.training.train.main`: a debug model trained for 4 steps, checkpoints every 2."""
     return [
         "model.preset=debug", f"output_dir={output_dir}", f"data.train_shards={shard_dir / 'train'}",
         f"logging.sample_shards={shard_dir / 'eval'}", "data.batch_size=4", "data.num_workers=0",

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +42,7 @@ class UniModal:
     # ---- loading / saving ----
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "UniModal":
+                        dtype: torch.dtype | None = None) -> UniModal:
         """Load an export folder (safetensors only; nothing is unpickled)."""
         model, tokenizer, codec = load_export(folder, device)
         api = cls(model, tokenizer, codec)
@@ -50,7 +51,7 @@ class UniModal:
     def save_pretrained(self, folder: str | Path) -> Path:
         return save_export(folder, self.model, self.tokenizer, self.codec)
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "UniModal":
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> UniModal:
         """Move to `device`; `dtype` (e.g. torch.bfloat16) casts the model's weights."""
         self.model.to(device=device, dtype=dtype) if dtype is not None else self.model.to(device)
         self.codec.to(device)

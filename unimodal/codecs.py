@@ -75,7 +75,7 @@ class VAECodec(nn.Module):
         return {"type": "vae", "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "VAECodec":
+    def from_pretrained(cls, folder: str | Path) -> VAECodec:
         from diffusers import AutoencoderKL
 
         folder = Path(folder)
@@ -84,7 +84,7 @@ class VAECodec(nn.Module):
         return cls(AutoencoderKL.from_pretrained(folder, use_safetensors=True))
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "VAECodec":
+    def tiny(cls, seed: int = 0) -> VAECodec:
         from diffusers import AutoencoderKL
 
         with torch.random.fork_rng():

@@ -8,7 +8,7 @@ field, so a typo in a YAML file fails at load time instead of silently training 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a dict; a `preset` key starts from that preset. Unknown keys raise ValueError."""
         values = dict(values)
         base = {}
@@ -142,13 +142,13 @@ class ModelConfig:
         return config_from_dict(cls, {**base, **values})
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "ModelConfig":
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
         with open(path) as handle:
             values = yaml.safe_load(handle) or {}
         return cls.from_dict(values)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         return cls.from_dict({**preset_values(name), **overrides})
 
 

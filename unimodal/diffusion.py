@@ -8,8 +8,7 @@ noise. The network receives `1000 · t` through its timestep embedding.
 from __future__ import annotations
 
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                       FlowMatchEulerDiscreteScheduler)
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
 from .config import ModelConfig
 

@@ -13,8 +13,8 @@ channels/height/width, P = num_image_tokens patch positions per image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Sequence
 
 import torch
 
@@ -54,7 +54,7 @@ class Batch:
     def num_images(self) -> int:
         return int(self.image_starts.shape[0])
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         """Move every tensor to `device`; `dtype` applies to the float image tensor only."""
         moved = {}
         for f in fields(self):
@@ -65,10 +65,10 @@ class Batch:
                 moved[f.name] = value.to(device)
         return Batch(**moved)
 
-    def with_images(self, images: torch.Tensor) -> "Batch":
+    def with_images(self, images: torch.Tensor) -> Batch:
         return replace(self, images=images)
 
-    def select(self, rows: Sequence[int], length: int) -> "Batch":
+    def select(self, rows: Sequence[int], length: int) -> Batch:
         """The sub-batch of `rows` (in that order), cut to the first `length` positions; the rows'
         real tokens must fit (right padding). Masks and image indices are carried over, not rebuilt."""
         rows_t = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
@@ -83,7 +83,7 @@ class Batch:
                      self.attention_mask[rows_t][:, :, :length, :length], self.lengths[rows_t],
                      self.images[keep], image_rows[keep], self.image_starts[keep], self.image_is_target[keep])
 
-    def split_by_length(self, max_parts: int, row_multiple: int = 1, length_multiple: int = 1) -> list["Batch"]:
+    def split_by_length(self, max_parts: int, row_multiple: int = 1, length_multiple: int = 1) -> list[Batch]:
         """Split a right-padded batch into at most `max_parts` sub-batches of rows of similar length,
         each padded only to its own longest row, choosing the split that pads the fewest positions.
 

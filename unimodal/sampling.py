@@ -7,7 +7,7 @@ Dimension legend: R rows in the model batch, T0 prompt length (left-padded), L p
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import DynamicCache, LlamaModel
@@ -16,7 +16,6 @@ from .decode_step import StaticKVDecoder
 from .embeddings import patchify, unpatchify
 from .layout import Example, build_attention_mask, rope_positions
 from .model import UniModalModel
-
 
 # transformers renamed the decoder's `past_key_values` argument to `cache` (5.2x; the old name
 # warns until 5.40). Pick whichever this installation's decoders take, once.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -50,7 +50,7 @@ class Tokenizer:
 
     # ---- construction ----
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 512, model_type: str = "bpe") -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int = 512, model_type: str = "bpe") -> Tokenizer:
         """Train a sentencepiece model on `texts` (in memory) with our special tokens.
 
         If the corpus has fewer distinct pieces than `vocab_size`, the size is lowered to what it holds
@@ -72,13 +72,13 @@ class Tokenizer:
         return cls.from_bytes(model.getvalue())
 
     @classmethod
-    def from_bytes(cls, model_bytes: bytes) -> "Tokenizer":
+    def from_bytes(cls, model_bytes: bytes) -> Tokenizer:
         processor = spm.SentencePieceProcessor()
         processor.load_from_serialized_proto(model_bytes)
         return cls(processor, model_bytes)
 
     @classmethod
-    def from_file(cls, model_path: str | Path) -> "Tokenizer":
+    def from_file(cls, model_path: str | Path) -> Tokenizer:
         """Load an existing sentencepiece `.model` file (it must contain <bos>, <eos>, <boi>, <eoi>)."""
         path = Path(model_path)
         if not path.is_file():
@@ -86,7 +86,7 @@ class Tokenizer:
         return cls.from_bytes(path.read_bytes())
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Tokenizer":
+    def from_pretrained(cls, folder: str | Path) -> Tokenizer:
         return cls.from_file(Path(folder) / MODEL_FILENAME)
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Train a unimodal model: `python -m training.train --config configs/tiny.yaml [key.path=value ...]`.
+"""Train a unimodal model: `python -m unimodal.training --config configs/tiny.yaml [key.path=value ...]`.
 
 The same command runs one CPU process, `torchrun --nproc_per_node N`, the `deepspeed` launcher with
 a hostfile, or SLURM `srun` (configs/README.md). A run does, in one folder (`runs/<name>/`):
@@ -104,7 +104,7 @@ class Run:
         model = self.inference_model(step)
         if model is None:
             return
-        from eval.run import evaluate_shapes
+        from unimodal.evaluation.run import evaluate_shapes
 
         with torch.random.fork_rng(devices=[]):
             metrics = evaluate_shapes(UniModal(model, self.tokenizer, self.codec), num_samples=self.config.eval.num_samples,
@@ -115,7 +115,7 @@ class Run:
     def export(self) -> Path | None:
         path = export_run(self.run_dir / "export", self.engine, self.ema, self.tokenizer, self.codec)
         if path is not None and self.config.synthetic.enabled:
-            pipeline.write_world_file(self.config, path)  # eval.run checks generations against this world
+            pipeline.write_world_file(self.config, path)  # unimodal.evaluation.run checks generations against this world
         return path
 
     def close(self) -> None:
@@ -191,11 +191,11 @@ def prepare_run(config: RunConfig) -> Run:
 
 # ------------------------------------------------------------------------------ after training
 def run_eval(config: RunConfig, export_dir: Path, metrics_path: Path, step: int) -> Path | None:
-    """`eval.run.main` on the export (rank 0), if eval is enabled; its headline numbers are also
+    """`unimodal.evaluation.run.main` on the export (rank 0), if eval is enabled; its headline numbers are also
     appended to metrics.jsonl as eval/* at the final step."""
     if not config.eval.enabled:
         return None
-    from eval import run as eval_run
+    from unimodal.evaluation import run as eval_run
 
     out = config.run_dir / "eval"
     argv = ["--model", str(export_dir), "--suite", config.eval.suite, "--out", str(out), "--no-progress",
@@ -204,7 +204,7 @@ def run_eval(config: RunConfig, export_dir: Path, metrics_path: Path, step: int)
         argv += ["--data", str(config.logging.sample_shards or config.data.train_shards)]
     result = eval_run.main(argv)
     if not isinstance(result, dict):
-        log.error("evaluation failed (exit code %s): python -m eval.run %s", result, " ".join(argv))
+        log.error("evaluation failed (exit code %s): python -m unimodal.evaluation %s", result, " ".join(argv))
         return None
     numbers = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not k.startswith("num_")}
     with open(metrics_path, "a") as handle:
@@ -240,7 +240,7 @@ def finish(run: Run) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unimodal.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="run config YAML (configs/tiny.yaml, ...); defaults apply without one")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                         help="continue from the run folder's latest checkpoint (default behaviour), or from PATH "

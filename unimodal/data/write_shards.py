@@ -1,8 +1,8 @@
 """Write webdataset tar shards (KEY.png|jpg|webp, KEY.txt, optional KEY.json) from a sample source.
 
-    python -m data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 [--split train]
-    python -m data.write_shards folder --out shards/mine --images DIR --captions captions.csv|jsonl
-    python -m data.write_shards hf --out shards/hf --dataset-path DIR --image-column image --text-column text
+    python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 [--split train]
+    python -m unimodal.data.write_shards folder --out shards/mine --images DIR --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards hf --out shards/hf --dataset-path DIR --image-column image --text-column text
 
 Shards are named `<prefix>-000000.tar`, ... (prefix: the split for the synthetic world, "shard"
 otherwise) and closed after `--max-count` samples or `--max-size-mb`. Each is written to a `.tmp`
@@ -17,15 +17,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import webdataset as wds
 from tqdm import tqdm
 
-from .sources import IMAGE_FIELDS, ShardSample, Skip, folder_source, hf_source, synthetic_source
 from .skips import SkipCounter
+from .sources import IMAGE_FIELDS, ShardSample, Skip, folder_source, hf_source, synthetic_source
 from .synthetic import SPLITS, World, WorldConfig
 
 FIXED_MTIME = 0  # reproducible tar files; an int, as a float mtime costs a PAX header per file
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
     common.add_argument("--max-size-mb", type=float, default=1_000.0, help="shard size at most (MB, approx.)")
     common.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    parser = argparse.ArgumentParser(prog="python -m data.write_shards", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unimodal.data.write_shards", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="source", required=True)
     syn = sub.add_parser("synthetic", parents=[common], help="the synthetic shapes world")
     syn.add_argument("--num-samples", type=int, required=True)

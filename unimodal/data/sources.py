@@ -2,7 +2,7 @@
 and a Hugging Face `datasets` dataset saved on local disk.
 
 Each source yields `ShardSample`s (already-encoded image bytes, caption, optional JSON metadata) or
-`Skip`s (a reason from `data.skips` and a detail), so the writer can count what it leaves out.
+`Skip`s (a reason from `unimodal.data.skips` and a detail), so the writer can count what it leaves out.
 Existing PNG/JPEG/WebP bytes are stored as they are (no re-encoding); other formats become PNG.
 Keys are running numbers: webdataset splits a file name at its first dot, so source file names
 (which may contain dots) go into the JSON as "source" instead.
@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -2,30 +2,30 @@
 
 Command line (writes metrics.json, summary.md, PNG grids and predictions.jsonl into --out)::
 
-    python -m eval.run --model runs/tiny/export --suite shapes [--num-samples 200] [--out DIR]
+    python -m unimodal.evaluation --model runs/tiny/export --suite shapes [--num-samples 200] [--out DIR]
         [--num-steps 25] [--guidance-scale 3.0] [--scheduler euler] [--batch-size 50] [--seed 0]
         [--qa-per-image 5] [--fid] [--feature-path FILE] [--world-config world.yaml] [--world-seed 0]
-    python -m eval.run --model runs/tiny/export --suite shards --data 'DIR/{000000..000003}.tar'
+    python -m unimodal.evaluation --model runs/tiny/export --suite shards --data 'DIR/{000000..000003}.tar'
         [--num-samples N] [--no-fid] ...
 
 Suites:
-- `shapes`: the synthetic world (`eval.shapes_suite`): captions (exact, BLEU-4, CIDEr-D), VQA, and
+- `shapes`: the synthetic world (`unimodal.evaluation.shapes_suite`): captions (exact, BLEU-4, CIDEr-D), VQA, and
   generation read back by the checker on seen and held-out (colour, shape) combinations
   (gen_all_correct_seen / _heldout and per category), FID/KID with --fid. 200 scenes by default.
 - `tiny`: `shapes` with 50 scenes and 3 questions per image (~2 minutes for the tiny preset on 2
   CPU cores): the suite `configs/tiny.yaml` runs at the end of training.
-- `shards`: any shard set in the webdataset layout (`eval.shards_suite`): captions and VQA against
+- `shards`: any shard set in the webdataset layout (`unimodal.evaluation.shards_suite`): captions and VQA against
   the shards' text, FID/KID of images generated from the captions (on by default, --no-fid),
   corrupt samples skipped and counted.
 
 The synthetic world must be the one the model was trained on: --world-config (YAML/JSON of
-`data.synthetic.WorldConfig` fields) wins, else `world.json` in the model folder, else the default.
+`unimodal.data.synthetic.WorldConfig` fields) wins, else `world.json` in the model folder, else the default.
 
 Inside training (any object with `caption`/`answer`/`generate`, e.g. `UniModal(ema_model, tok, codec)`,
 which puts that module in eval mode: call `.train()` on it afterwards if it is the one being trained;
 under ZeRO-3 every rank must call it, since every rank takes part in each forward pass)::
 
-    from eval.run import evaluate_shapes
+    from unimodal.evaluation.run import evaluate_shapes
     metrics = evaluate_shapes(api, num_samples=32, num_steps=10)     # no files; a flat dict:
     # caption_exact, caption_bleu4, caption_cider, vqa_accuracy, gen_all_correct_seen,
     # gen_all_correct_heldout, gen_{count,colour,shape,position,size}_{seen,heldout}, num_* ...
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.synthetic import WorldConfig
+from unimodal.data.synthetic import WorldConfig
 
 from .shapes_suite import run_shapes
 from .shards_suite import run_shards
@@ -68,7 +68,7 @@ def evaluate_shapes(model, num_samples: int = 32, num_steps: int = 25, world_con
     """The shapes suite on an in-memory model (a `UniModal`, or anything with its `caption`,
     `answer` and `generate` methods); returns the flat metrics dict. Files are written only when
     `out_dir` is given. `world_config` must be the world the model was trained on (default
-    `WorldConfig()`). See `eval.shapes_suite.run_shapes` for what is measured."""
+    `WorldConfig()`). See `unimodal.evaluation.shapes_suite.run_shapes` for what is measured."""
     settings = EvalSettings(num_steps=num_steps, guidance_scale=guidance_scale, scheduler=scheduler, seed=seed,
                             batch_size=batch_size, max_caption_tokens=max_caption_tokens, progress=progress)
     return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, feature_path, world_seed, out_dir)
@@ -93,7 +93,7 @@ def load_world_config(path: str | Path | None = None, model_folder: str | Path |
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m unimodal.evaluation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="an exported model folder (UniModal.save_pretrained)")
     p.add_argument("--suite", required=True, help=f"one of {sorted(SUITES)}")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
                                 progress=not args.no_progress)
         model = _load_model(args.model, args.device)
     except (ValueError, FileNotFoundError) as err:
-        print(f"eval.run: error: {err}", file=sys.stderr)
+        print(f"unimodal.evaluation.run: error: {err}", file=sys.stderr)
         return 2
     if args.suite in SHAPES_LIKE and world_config.image_size != model.config.image_size:
         log.warning("the world is drawn at %d px but the model works at %d px: was it trained on this world? "

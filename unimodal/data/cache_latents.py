@@ -1,8 +1,8 @@
 """Pre-encode the images of a shard set into latents, written as new shards the reader accepts.
 
-    python -m data.cache_latents --shards "shards/train-{000000..000009}.tar" --out shards/train-vae \\
+    python -m unimodal.data.cache_latents --shards "shards/train-{000000..000009}.tar" --out shards/train-vae \\
         --codec vae --vae-path models/vae --image-size 256 [--dtype float16] [--device cuda]
-    python -m data.cache_latents --shards DIR --out DIR2 --export runs/tiny/export   # the model's own codec
+    python -m unimodal.data.cache_latents --shards DIR --out DIR2 --export runs/tiny/export   # the model's own codec
 
 Each output sample holds `KEY.latent.npy` ((C, h, w) array, `np.save` format) and the same
 `KEY.txt`/`KEY.json`; train on it with `DataConfig(latents=True, train_shards=<out pattern>)`.
@@ -17,8 +17,9 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ def load_codec(name: str, vae_path: str | None = None, export: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.cache_latents", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m unimodal.data.cache_latents", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, help="input shards: brace pattern, directory or '::'-joined list")
     parser.add_argument("--out", required=True, help="output folder for the latent shards")
     parser.add_argument("--codec", default="pixel", choices=["pixel", "vae", "tiny-vae"])

@@ -13,7 +13,8 @@ images, (H, W, 3) uint8 arrays or (3, H, W) tensors in [-1, 1]. `generate` is ca
 (`UniModal.generate` gives prompt j of a call the noise of `seed + j`): results do not depend on
 the batch size. `scheduler` is passed only when one is chosen.
 
-The suites themselves live in `eval.shapes_suite` and `eval.shards_suite`; `eval.run` is the CLI.
+The suites themselves live in `unimodal.evaluation.shapes_suite` and `unimodal.evaluation.shards_suite`;
+`unimodal.evaluation.run` is the CLI.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data.checker import ATTRIBUTES, to_uint8_rgb
+from unimodal.data.checker import ATTRIBUTES, to_uint8_rgb
 
 from .caption_metrics import caption_scores
 from .report import flatten_metrics, save_image_grid, write_markdown_summary, write_metrics_json
@@ -119,7 +120,7 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
 
 def vqa_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]],
                 kinds: Sequence[str] | None = None) -> dict[str, Any]:
-    """vqa_accuracy (VQAv2 rules, `eval.vqa_metrics`) and num_vqa; with `kinds` (one label per
+    """vqa_accuracy (VQAv2 rules, `unimodal.evaluation.vqa_metrics`) and num_vqa; with `kinds` (one label per
     question) also vqa_accuracy_<kind> and num_vqa_<kind>. Empty input gives only num_vqa = 0."""
     if not predictions:
         return {"num_vqa": 0}
@@ -146,7 +147,7 @@ def generation_metrics(results: Sequence[Mapping[str, Any]], groups: Sequence[st
 
     For each group g (e.g. "seen", "heldout"): gen_all_correct_g, gen_{count,colour,shape,
     position,size}_g, gen_object_accuracy_g and num_gen_g; over all images: gen_all_correct and
-    num_gen. Keys: see `data.checker.Checker.check`.
+    num_gen. Keys: see `unimodal.data.checker.Checker.check`.
     """
     metrics: dict[str, Any] = {}
     for group in dict.fromkeys(groups):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from eval.inputs import check_predictions
+from unimodal.evaluation.inputs import check_predictions
 
 # "an answer is deemed 100% accurate if at least 3 workers provided that exact answer" (VQA paper)
 VQA_MATCHES_FOR_FULL_CREDIT = 3

@@ -30,8 +30,9 @@ import logging
 import random
 import signal
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -347,7 +348,7 @@ def build_train_loader(config: DataConfig, tokenizer: Tokenizer, layout: Sequenc
         raise ValueError("build_train_loader: `layout` was built with another tokenizer than `tokenizer`")
     if not config.train_shards:
         raise ValueError("DataConfig.train_shards is empty; point it at shards, e.g. "
-                         "'shards/train-{000000..000009}.tar' (write some with `python -m data.write_shards`)")
+                         "'shards/train-{000000..000009}.tar' (write some with `python -m unimodal.data.write_shards`)")
     return ShardLoader(config, expand_shards(config.train_shards), layout, rank, world_size)
 
 

@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from eval.inputs import check_predictions
+from unimodal.evaluation.inputs import check_predictions
 
 MAX_NGRAM = 4  # BLEU-4 and CIDEr both use 1- to 4-grams.
 # coco-caption's smoothing constants: `tiny` keeps a zero match count from giving log(0), `small`

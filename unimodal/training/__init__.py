@@ -1,6 +1,6 @@
 """unimodal's trainer: DeepSpeed over webdataset shards, one entry point for every scale.
 
-    python -m training.train --config configs/tiny.yaml [dot.path=value ...]
+    python -m unimodal.training --config configs/tiny.yaml [dot.path=value ...]
 
 Modules, one job each:
     config      typed run config: defaults <- YAML <- dot-path overrides, strict about unknown keys

@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import tarfile
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from data import iter_samples
-from data.checker import Checker, as_objects
-from data.skips import SkipCounter
-from data.synthetic import WorldConfig
-from data.tasks import qa_pairs
+from unimodal.data import iter_samples
+from unimodal.data.checker import Checker, as_objects
+from unimodal.data.skips import SkipCounter
+from unimodal.data.synthetic import WorldConfig
+from unimodal.data.tasks import qa_pairs
 from unimodal.images import to_pil
 
 from .suites import (
@@ -55,7 +55,7 @@ def _references(caption: str, metadata: dict[str, Any]) -> list[str]:
 
 
 def _answers(metadata: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(question, reference answers) pairs of a sample: `data.tasks.qa_pairs`, widened to a pair's
+    """(question, reference answers) pairs of a sample: `unimodal.data.tasks.qa_pairs`, widened to a pair's
     "answers" list where it has one (VQAv2 has 10 answers per question)."""
     pairs = []
     for question, answer in qa_pairs(metadata):

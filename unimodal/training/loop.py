@@ -21,8 +21,9 @@ import math
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class StopSignals:
                     "(send it again, 2 s or more later, to stop at once)", self.name)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopSignals"]:
+    def installed(self) -> Iterator[StopSignals]:
         try:
             if hasattr(signal, "SIGCHLD"):
                 self._previous[signal.SIGCHLD] = signal.getsignal(signal.SIGCHLD)
@@ -111,7 +112,7 @@ class _Window:
 
 @dataclass
 class LoopContext:
-    """Everything the loop drives. Built by `training.train`."""
+    """Everything the loop drives. Built by `unimodal.training.train`."""
 
     config: RunConfig
     engine: Engine

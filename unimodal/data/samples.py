@@ -22,7 +22,7 @@ from . import skips
 from .shards import RawSample
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")  # looked up in this order
-LATENT_SUFFIX = "latent.npy"  # written by data.cache_latents
+LATENT_SUFFIX = "latent.npy"  # written by unimodal.data.cache_latents
 
 
 @dataclass

@@ -17,16 +17,16 @@ import importlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
-from torch import nn
+from typing import Any
 
 import deepspeed
+import torch
 from deepspeed.accelerator import get_accelerator
+from torch import nn
 
 from .config import RunConfig, deep_merge
 from .schedule import WarmupCosine

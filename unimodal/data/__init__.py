@@ -4,7 +4,7 @@ Entry points
 ------------
 Training (one call per rank)::
 
-    from data import DataConfig, build_train_loader
+    from unimodal.data import DataConfig, build_train_loader
     loader = build_train_loader(DataConfig(train_shards="shards/train-{000000..000009}.tar"),
                                 tokenizer, layout, rank, world_size)
     for batch in loader.endless():       # unimodal.layout.Batch; `for batch in loader` = one epoch
@@ -15,7 +15,7 @@ Training (one call per rank)::
 
 Eval (in process, no shards needed)::
 
-    from data import World, WorldConfig, Checker, parse_caption
+    from unimodal.data import World, WorldConfig, Checker, parse_caption
     world = World(WorldConfig())                          # image_size=32 by default
     sample = world.sample(index, split="eval" | "heldout", seed=0)   # .image (H,W,3) uint8, .caption,
                                                                      # .qa, .objects, .heldout
@@ -26,11 +26,11 @@ Eval (in process, no shards needed)::
 
 Command lines (each module has `main(argv=None)`)::
 
-    python -m data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 --split train
-    python -m data.write_shards folder --out DIR --images IMAGES --captions captions.csv|jsonl
-    python -m data.write_shards hf --out DIR --dataset-path DIR --image-column image --text-column text
-    python -m data.cache_latents --shards PATTERN --out DIR --codec vae --vae-path VAE --image-size 256
-    # in Python: data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary
+    python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 --split train
+    python -m unimodal.data.write_shards folder --out DIR --images IMAGES --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards hf --out DIR --dataset-path DIR --image-column image --text-column text
+    python -m unimodal.data.cache_latents --shards PATTERN --out DIR --codec vae --vae-path VAE --image-size 256
+    # in Python: unimodal.data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary
     # (the CLI modules are not imported here, so `python -m data.<module>` runs them cleanly)
 
 Modules: synthetic (world, captions, QA), checker (read scenes back), sources + write_shards (writer),

@@ -13,18 +13,18 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
-from data import write_shards
-from data.reader import build_train_loader, iter_samples
-from data.shards import expand_shards, iter_shards
-from data.skips import SkipCounter
-from data.synthetic import WorldConfig
-from data.tasks import qa_pairs
+from unimodal.data import write_shards
+from unimodal.data.reader import build_train_loader, iter_samples
+from unimodal.data.shards import expand_shards, iter_shards
+from unimodal.data.skips import SkipCounter
+from unimodal.data.synthetic import WorldConfig
+from unimodal.data.tasks import qa_pairs
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval", "heldout")
 TOKENIZER_DIR = "tokenizer"
-WORLD_FILE = "world.json"  # the name eval.run looks for in an export folder
+WORLD_FILE = "world.json"  # the name unimodal.evaluation.run looks for in an export folder
 
 
 # -------------------------------------------------------------------------------------- shards
@@ -78,7 +78,7 @@ def write_world_file(config: RunConfig, folder: Path) -> Path:
 
 
 def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
-    """Write each missing synthetic split with `data.write_shards` (rank 0; the others wait).
+    """Write each missing synthetic split with `unimodal.data.write_shards` (rank 0; the others wait).
 
     A split is written into a hidden staging folder and renamed when complete, so an interrupted
     write is redone rather than half-used.
@@ -106,7 +106,7 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
             log.info("writing %d synthetic %s samples to %s", counts[split], split, final)
             code = write_shards.main(argv)
             if code:
-                raise RuntimeError(f"data.write_shards failed with exit code {code} for {argv}")
+                raise RuntimeError(f"unimodal.data.write_shards failed with exit code {code} for {argv}")
             os.replace(staging, final)
     barrier()
 

@@ -20,8 +20,9 @@ never appear in `train`/`eval` scenes; every `heldout` scene contains at least o
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class WorldConfig:
         self.validate()
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "WorldConfig":
+    def from_dict(cls, values: dict[str, Any]) -> WorldConfig:
         return config_from_dict(cls, values)
 
     def validate(self) -> None:
@@ -213,27 +214,27 @@ def question_answers(objects: Sequence[SceneObject], config: WorldConfig,
     objects = sort_objects(objects)
     qa: dict[str, str] = {"how many shapes are there?": str(len(objects))}
 
-    def count(pred) -> int:
-        return sum(1 for o in objects if pred(o))
+    def count(**attributes: str) -> int:
+        return sum(1 for o in objects if all(getattr(o, k) == v for k, v in attributes.items()))
 
     for shape in config.shapes:
-        qa[f"how many {shape}s are there?"] = str(count(lambda o: o.shape == shape))
+        qa[f"how many {shape}s are there?"] = str(count(shape=shape))
     for colour in dict.fromkeys(o.colour for o in objects):
-        qa[f"how many {colour} shapes are there?"] = str(count(lambda o: o.colour == colour))
+        qa[f"how many {colour} shapes are there?"] = str(count(colour=colour))
     for obj in objects:
         at = POSITION_PHRASES[obj.position]
         qa[f"what shape is {at}?"] = obj.shape
         qa[f"what colour is the shape {at}?"] = obj.colour
         qa[f"what size is the shape {at}?"] = obj.size
-        if count(lambda o: o.shape == obj.shape) == 1:
+        if count(shape=obj.shape) == 1:
             qa[f"what colour is the {obj.shape}?"] = obj.colour
             qa[f"where is the {obj.shape}?"] = obj.position
             qa[f"what size is the {obj.shape}?"] = obj.size
-        if count(lambda o: o.colour == obj.colour) == 1:
+        if count(colour=obj.colour) == 1:
             qa[f"what shape is the {obj.colour} object?"] = obj.shape
             qa[f"where is the {obj.colour} object?"] = obj.position
             qa[f"what size is the {obj.colour} object?"] = obj.size
-        if count(lambda o: (o.colour, o.shape) == (obj.colour, obj.shape)) == 1:
+        if count(colour=obj.colour, shape=obj.shape) == 1:
             qa[f"where is the {obj.colour} {obj.shape}?"] = obj.position
             qa[f"what size is the {obj.colour} {obj.shape}?"] = obj.size
         qa[f"is there a {obj.colour} {obj.shape}?"] = "yes"

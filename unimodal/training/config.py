@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from data.config import DataConfig
 from unimodal.config import ModelConfig, config_from_dict, preset_values
+from unimodal.data.config import DataConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16_autocast")
 OPTIMIZER_IMPLS = ("deepspeed", "torch")
@@ -47,7 +48,7 @@ class SyntheticConfig:
     num_heldout: int = 500
     samples_per_shard: int = 2000
     seed: int = 0
-    # data.synthetic.WorldConfig fields (image_size comes from model.image_size). Saved as world.json
+    # unimodal.data.synthetic.WorldConfig fields (image_size comes from model.image_size). Saved as world.json
     # beside the shards and in the export, so eval checks generations against the same world.
     world: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +77,7 @@ class ScheduleConfig:
 
 @dataclass
 class EngineConfig:
-    """What the derived DeepSpeed config is made of (see `training.engine.deepspeed_config`).
+    """What the derived DeepSpeed config is made of (see `unimodal.training.engine.deepspeed_config`).
 
     The micro-batch is `data.batch_size` (sequences per process per forward), so batch sizes are
     set in one place; the global batch is data.batch_size * gradient_accumulation_steps * world size.
@@ -138,9 +139,9 @@ class FaultConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = False  # run `eval.run.main` on the export at the end (writes <run>/eval/)
+    enabled: bool = False  # run `unimodal.evaluation.run.main` on the export at the end (writes <run>/eval/)
     suite: str = "tiny"  # "tiny"/"shapes" (synthetic world) or "shards" (the sample shards)
-    extra_args: list[str] = field(default_factory=list)  # passed verbatim to eval.run.main
+    extra_args: list[str] = field(default_factory=list)  # passed verbatim to unimodal.evaluation.run.main
     # In-training shapes-suite metrics (eval/* in metrics.jsonl) every N steps from the EMA
     # weights; 0 = never. Needs synthetic.enabled.
     every: int = 0

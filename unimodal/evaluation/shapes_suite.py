@@ -1,6 +1,6 @@
 """The `shapes` suite: captioning, VQA and checked generation on the synthetic world.
 
-Scenes come from the world's `eval` and `heldout` splits (`data.synthetic.World`), whose seed
+Scenes come from the world's `eval` and `heldout` splits (`unimodal.data.synthetic.World`), whose seed
 streams differ from the `train` split's, so no evaluated scene was seen in training (the training
 run's own `eval`/`heldout` shards hold these same scenes: index i of (split, seed) is fixed).
 
@@ -11,7 +11,7 @@ run's own `eval`/`heldout` shards hold these same scenes: index i of (split, see
   shape, size, position, exists).
 - Generation: images from the captions of ceil(N/2) `eval` scenes ("seen": every (colour, shape)
   was in training) and floor(N/2) `heldout` scenes (each has a held-out combination); each image
-  is read back by `data.checker.Checker` and compared with the scene's objects.
+  is read back by `unimodal.data.checker.Checker` and compared with the scene's objects.
 - FID/KID (optional): the generated images against the true renders of the same scenes.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from data.checker import Checker
-from data.synthetic import SyntheticSample, World, WorldConfig
+from unimodal.data.checker import Checker
+from unimodal.data.synthetic import SyntheticSample, World, WorldConfig
 
 from .suites import (
     EvalSettings,
@@ -45,7 +45,7 @@ from .suites import (
 )
 
 # Question kinds by the opening words of the synthetic world's templates
-# (`data.synthetic.question_answers`).
+# (`unimodal.data.synthetic.question_answers`).
 QUESTION_KINDS = (("how many", "count"), ("what colour", "colour"), ("what shape", "shape"),
                   ("what size", "size"), ("where", "position"), ("is there", "exists"))
 
@@ -70,7 +70,7 @@ def run_shapes(model, world_config: WorldConfig | None = None, num_samples: int 
                settings: EvalSettings | None = None, qa_per_image: int = 5, fid: bool = False,
                feature_path: str | None = None, world_seed: int = 0, out_dir: str | Path | None = None,
                title: str = "shapes suite") -> dict[str, Any]:
-    """Run the suite on `model` (anything with `caption`/`answer`/`generate`, see `eval.suites`);
+    """Run the suite on `model` (anything with `caption`/`answer`/`generate`, see `unimodal.evaluation.suites`);
     returns the flat metrics dict. With `out_dir`, also writes metrics.json, summary.md, grids
     (captions.png, generated_seen.png, generated_heldout.png) and predictions.jsonl there."""
     settings = settings or EvalSettings()

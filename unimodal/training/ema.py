@@ -15,7 +15,8 @@ decay 0.999 would lose most updates to rounding.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from diffusers.training_utils import EMAModel

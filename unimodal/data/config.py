@@ -21,7 +21,7 @@ class DataConfig:
     # layout (KEY.png|jpg|webp + KEY.txt [+ KEY.json]) works as it is.
     train_shards: str | list[str] = ""
     image_size: int = 32  # images are resized (shorter side) and center-cropped to this
-    latents: bool = False  # read KEY.latent.npy (data.cache_latents) instead of images, as stored
+    latents: bool = False  # read KEY.latent.npy (unimodal.data.cache_latents) instead of images, as stored
     batch_size: int = 32  # per rank
     num_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the main process
     prefetch_factor: int = 4  # batches each worker prepares ahead
@@ -57,7 +57,7 @@ class DataConfig:
         self.validate()
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
         return config_from_dict(cls, values)
 
     def validate(self) -> None:

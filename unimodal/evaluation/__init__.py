@@ -1,0 +1,13 @@
+"""Evaluation of unimodal models: metrics, reports and (in `unimodal.evaluation.run`) the runner.
+
+One module per job; import what you need from it:
+
+- `unimodal.evaluation.caption_metrics`: `bleu4`, `cider_d`, `exact_match`, `caption_scores` (coco-caption numbers,
+  Python tokenizer, no Java).
+- `unimodal.evaluation.vqa_metrics`: `vqa_accuracy`, `vqa_score`, `normalize_answer` (official VQAv2 rules).
+- `unimodal.evaluation.image_metrics`: `fid_kid`, `extract_features`, `fid_kid_from_features`,
+  `InceptionFeatureExtractor` (torchmetrics + the standard FID Inception; needs the `eval` extra).
+- `unimodal.evaluation.report`: `write_metrics_json`, `save_image_grid`, `write_markdown_summary`.
+
+Nothing is imported here, so `import unimodal.evaluation.caption_metrics` stays light (no torch).
+"""
