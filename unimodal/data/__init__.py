@@ -31,12 +31,19 @@ Command lines (each module has `main(argv=None)`)::
     python -m unimodal.data.write_shards hf --out DIR --dataset-path DIR --image-column image --text-column text
     python -m unimodal.data.cache_latents --shards PATTERN --out DIR --codec vae --vae-path VAE --image-size 256
     # in Python: unimodal.data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary
-    # (the CLI modules are not imported here, so `python -m data.<module>` runs them cleanly)
+    # (the CLI modules are not imported here, so `python -m unimodal.data.<module>` runs them cleanly)
 
 Modules: synthetic (world, captions, QA), checker (read scenes back), sources + write_shards (writer),
 shards (tar reading), samples (decoding), tasks (task mixture), reader (loader), skips (counting),
-cache_latents, config (DataConfig). `data` imports `unimodal`; `unimodal` never imports `data`.
+cache_latents, config (DataConfig). This package imports the core library; the core never imports it.
+Needs webdataset (the `train` or `eval` extra).
 """
+
+from unimodal.extras import require_extra
+
+require_extra("train", "webdataset", feature="unimodal.data")
+
+# ruff: noqa: E402 (the check comes first)
 
 from .checker import Checker, check, parse_caption
 from .config import DataConfig

@@ -15,5 +15,10 @@ Modules, one job each:
     loop        the training loop: steps, non-finite losses, signals, periodic work
     train       `main(argv)`: wires the pieces together and runs train -> export -> eval
 
-`training` may import `unimodal` and `data`; `unimodal` never imports `training`.
+This package may import the core library and `unimodal.data`; the core never imports it. Needs the
+`train` extra (`pip install 'unimodal[train]'`).
 """
+
+from unimodal.extras import require_extra
+
+require_extra("train", "deepspeed", "webdataset", feature="unimodal.training")
