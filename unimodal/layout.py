@@ -95,9 +95,8 @@ class Batch:
         `row_multiple` and `length_multiple` keep the parts' shapes to a few: every part but the last
         has a multiple of `row_multiple` rows, and each part's length is rounded up to a multiple of
         `length_multiple` (at most the batch's own length: collate with `pad_to_multiple_of`). Free
-        shapes differ almost every step, and on the CPU every new shape costs: the main job's step ran
-        0.65 s with ~140 distinct part shapes in 200 steps and 0.50 s with 9 (rows x 8, lengths x 16),
-        for 7% more padded positions (README, Benchmarks).
+        shapes differ almost every step, and on the CPU every new shape costs (kernels are built per
+        shape), more than the extra padding does (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md).
         """
         if max_parts <= 1:
             return [self]

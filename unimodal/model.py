@@ -62,9 +62,8 @@ class UniModalModel(nn.Module):
         The layers share one code object, so inductor compiles it once (cold: 20-40 s on 2 CPU
         cores) instead of tracing the whole model (1-3 min, with graph breaks); shapes are traced as
         dynamic because batch parts change length every step. It fuses the elementwise work around
-        the matmuls (RMSNorm, rotary, SwiGLU, residuals): in the training loop on 2 CPU cores the
-        batch-32 `tiny` step ran 1.25x and the batch-64 x 8-turn step 1.37x faster (README, Benchmarks). Parameter
-        names and the state dict are unchanged.
+        the matmuls (RMSNorm, rotary, SwiGLU, residuals), which eager mode runs as separate kernels
+        (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md). Parameter names and the state dict are unchanged.
         """
         for layer in self.decoder.layers:
             layer.compile(dynamic=True)

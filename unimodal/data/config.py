@@ -49,7 +49,8 @@ class DataConfig:
     length_buckets: int = 1
     # Shapes of those parts: every part but the last holds a multiple of `bucket_row_multiple` rows,
     # and batches and parts are padded to a multiple of `length_multiple` positions. A few shapes,
-    # seen again and again, run faster on the CPU than a new shape every step (README, Benchmarks).
+    # seen again and again, run faster on the CPU than a new shape every step: oneDNN and inductor
+    # build kernels per shape (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md, "Shapes").
     bucket_row_multiple: int = 1
     length_multiple: int = 1
 
