@@ -1,6 +1,7 @@
 """The evaluation runner: both suites end to end on a tiny random model (files and keys exist,
 values in range), and on an oracle whose scores are known (a perfect model must score 1)."""
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -142,6 +143,33 @@ def test_shards_suite_counts_corrupt_samples_and_scores_what_the_shards_carry(ex
     _check_range(metrics)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert (out / "captions.png").is_file() and (out / "generated.png").is_file()
+
+
+@pytest.mark.parametrize("suite", ["shapes", "shards"])
+def test_run_suite_gives_the_metrics_of_the_command_line(export, shards, tmp_path, suite):
+    """`run_suite(model, EvalConfig(...))` is what `main(argv)` runs after parsing and loading."""
+    data = shards if suite == "shards" else None
+    argv = ["--model", str(export), "--suite", suite, "--num-samples", "4", "--num-steps", "2", "--qa-per-image", "1",
+            "--batch-size", "3", "--max-caption-tokens", "16", "--guidance-scale", "2", "--seed", "5", "--no-fid",
+            "--no-progress", "--out", str(tmp_path / "cli"), *(["--data", data] if data else [])]
+    config = run.EvalConfig(suite=suite, data=data, num_samples=4, num_steps=2, qa_per_image=1, batch_size=3,
+                            max_caption_tokens=16, guidance_scale=2.0, seed=5, fid=False, progress=False,
+                            out_dir=str(tmp_path / "typed"))
+    assert run.config_from_args(run._parser().parse_args(argv)) == dataclasses.replace(config,
+                                                                                       out_dir=str(tmp_path / "cli"))
+    metrics = run.run_suite(UniModal.from_pretrained(export), config)
+    assert metrics == run.main(argv)
+    assert json.loads((tmp_path / "typed" / "metrics.json").read_text()) == metrics
+
+
+def test_run_suite_raises_what_main_reports_as_a_usage_error(export):
+    model = UniModal.from_pretrained(export)
+    with pytest.raises(ValueError, match="needs --data"):
+        run.run_suite(model, run.EvalConfig(suite="shards"))
+    with pytest.raises(ValueError, match="unknown suite 'coco'"):
+        run.EvalConfig(suite="coco")
+    with pytest.raises(ValueError, match="only read by the shards suite"):
+        run.EvalConfig(suite="tiny", data="x.tar")
 
 
 def test_a_perfect_model_scores_one_and_batches_use_consecutive_seeds():

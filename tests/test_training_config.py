@@ -62,6 +62,33 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
         load_run_config(path)
 
 
+def test_eval_runner_options_are_typed_keys_checked_at_load(tmp_path):
+    config = load_run_config(None, ["eval.final.suite=shapes", "eval.final.num_samples=200", "eval.final.fid=true",
+                                    "eval.final.guidance_scale=2"])
+    final = config.eval.final
+    assert (final.suite, final.num_samples, final.fid, final.guidance_scale) == ("shapes", 200, True, 2.0)
+    assert run_config_from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown suite 'coco'"):
+        load_run_config(None, ["eval.final.suite=coco"])
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        load_run_config(None, ["eval.final.num_steps=0"])
+    with pytest.raises(ValueError, match="eval.final.num_sample"):
+        load_run_config(None, ["eval.final.num_sample=3"])
+
+
+@pytest.mark.parametrize("old, moved_to", [("extra_args", "eval.final.num_samples"), ("suite", "eval.final.suite")])
+def test_an_old_eval_key_fails_naming_the_new_keys(tmp_path, old, moved_to):
+    """`eval.extra_args` (CLI strings for the runner) and `eval.suite` became typed keys under eval.final."""
+    value = ["--num-samples", "200"] if old == "extra_args" else "tiny"
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"eval": {"enabled": True, old: value}}))
+    for load in (lambda: load_run_config(path), lambda: load_run_config(None, [f"eval.{old}={value}"])):
+        with pytest.raises(ValueError, match=f"eval.{old} .*{moved_to}") as error:
+            load()
+        if old == "extra_args":
+            assert "eval.final.qa_per_image" in str(error.value) and "eval.final.num_steps" in str(error.value)
+
+
 def test_data_image_size_must_agree_with_the_model():
     with pytest.raises(ValueError, match="data.image_size"):
         load_run_config(None, ["model.preset=debug", "data.image_size=32"])

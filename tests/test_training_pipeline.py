@@ -26,7 +26,7 @@ def test_main_job_writes_everything_in_one_folder(tmp_path):
         # the options the other tests leave at their defaults
         "deepspeed.zero_stage=1", "deepspeed.precision=bf16_autocast", "deepspeed.gradient_accumulation_steps=2",
         "optimizer.impl=torch", "eval.every=2", "eval.num_samples=2", "eval.num_steps=2", "eval.enabled=true",
-        "eval.extra_args=[--num-samples, 2, --num-steps, 2, --qa-per-image, 1]",
+        "eval.final.num_samples=2", "eval.final.num_steps=2", "eval.final.qa_per_image=1",
     ]
     assert main(argv) == 0
 

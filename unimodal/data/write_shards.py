@@ -125,13 +125,32 @@ def write_shards(samples: Iterable[ShardSample | Skip], out_dir: str | Path, pre
 
 
 def write_synthetic_shards(out_dir: str | Path, num_samples: int, seed: int = 0, split: str = "train",
-                           world_config: WorldConfig | None = None, **kwargs) -> WriteSummary:
-    """Synthetic-world shards; `kwargs` go to `write_shards` (prefix defaults to the split)."""
+                           world_config: WorldConfig | None = None, *, prefix: str | None = None,
+                           max_count: int = 10_000, max_size_mb: float = 1_000.0,
+                           progress: bool = True) -> WriteSummary:
+    """Write `num_samples` scenes of the synthetic world's `split` into tar shards under `out_dir`.
+
+    Args:
+        out_dir: folder to write into (created; must hold no shards of this prefix).
+        num_samples: scenes to write.
+        seed: seed of the split's scene stream.
+        split: "train", "eval" or "heldout" (see `unimodal.data.synthetic`).
+        world_config: the world (None = `WorldConfig()`).
+        prefix: shard name prefix (None = the split).
+        max_count, max_size_mb, progress: as in `write_shards`.
+
+    Returns:
+        The `WriteSummary` (shard paths, counts, brace pattern).
+
+    Raises:
+        ValueError: an unknown split, non-positive shard limits, a bad prefix, or `out_dir` already
+            holding shards of this prefix.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
-    kwargs.setdefault("prefix", split)
     source = synthetic_source(World(world_config), num_samples, split, seed)
-    return write_shards(source, out_dir, total=num_samples, **kwargs)
+    return write_shards(source, out_dir, prefix=prefix or split, max_count=max_count, max_size_mb=max_size_mb,
+                        total=num_samples, progress=progress)
 
 
 def _parser() -> argparse.ArgumentParser:

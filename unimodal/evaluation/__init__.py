@@ -9,5 +9,18 @@ One module per job; import what you need from it:
   `InceptionFeatureExtractor` (torchmetrics + the standard FID Inception; needs the `eval` extra).
 - `unimodal.evaluation.report`: `write_metrics_json`, `save_image_grid`, `write_markdown_summary`.
 
-Nothing is imported here, so `import unimodal.evaluation.caption_metrics` stays light (no torch).
+- `unimodal.evaluation.run`: `EvalConfig` and `run_suite(model, config)`, the runner as a function (also
+  reachable as `unimodal.evaluation.EvalConfig` / `.run_suite`, imported on first use).
+
+Nothing is imported up front, so `import unimodal.evaluation.caption_metrics` stays light (no torch).
 """
+
+_LAZY = {"EvalConfig", "run_suite"}  # from .run, which imports torch: loaded when first asked for
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,13 @@ Suites:
 The synthetic world must be the one the model was trained on: --world-config (YAML/JSON of
 `unimodal.data.synthetic.WorldConfig` fields) wins, else `world.json` in the model folder, else the default.
 
+From Python, the same run on a loaded model (`main` is a thin shell that parses argv into an
+`EvalConfig`, loads the model and calls this)::
+
+    from unimodal.evaluation.run import EvalConfig, run_suite
+    metrics = run_suite(UniModal.from_pretrained("runs/tiny/export"),
+                        EvalConfig(suite="tiny", num_samples=200, out_dir="runs/tiny/eval"))
+
 Inside training (any object with `caption`/`answer`/`generate`, e.g. `UniModal(ema_model, tok, codec)`,
 which puts that module in eval mode: call `.train()` on it afterwards if it is the one being trained;
 under ZeRO-3 every rank must call it, since every rank takes part in each forward pass)::
@@ -32,6 +39,7 @@ under ZeRO-3 every rank must call it, since every rank takes part in each forwar
 
 `main(argv)` returns that dict after writing the files, or the exit code 2 (with a message on stderr)
 for a usage error: unknown suite, --data missing for `shards`, a model folder that is not an export.
+`run_suite` raises ValueError for the same errors instead.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +67,85 @@ SUITES: dict[str, dict[str, Any]] = {
     "shards": {"num_samples": None, "qa_per_image": 0},
 }
 SHAPES_LIKE = ("shapes", "tiny")
+
+
+@dataclass
+class EvalConfig:
+    """What `run_suite` runs: one field per option of the command line (whose `--model` and
+    `--device` only load the model). Checked on construction; raises ValueError naming the field."""
+
+    suite: str = "tiny"  # one of SUITES
+    data: str | None = None  # shards of the `shards` suite: a brace pattern, a folder of .tar files, or "a::b"
+    out_dir: str | None = None  # metrics.json, summary.md, grids, predictions.jsonl; None = no files
+    num_samples: int | None = None  # scenes or shard samples; None = the suite's default (SUITES)
+    qa_per_image: int | None = None  # questions per image, 0 = all; None = the suite's default (SUITES)
+    num_steps: int = 25  # sampling steps per generated image
+    guidance_scale: float = 3.0  # classifier-free guidance (1 = off)
+    scheduler: str | None = None  # None = the model's sampler
+    batch_size: int = 50  # images per model call
+    seed: int = 0  # generated image i uses the noise of seed + i
+    max_caption_tokens: int = 64
+    fid: bool | None = None  # FID/KID; None = on for `shards`, off for the shapes suites
+    feature_path: str | None = None  # TorchScript FID feature extractor; None = the standard Inception
+    world_config: str | None = None  # YAML/JSON of WorldConfig fields; None = WorldConfig()
+    world_seed: int = 0  # seed of the synthetic world's eval/heldout scenes
+    progress: bool = True  # tqdm bars
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"unknown suite {self.suite!r}; choose one of {sorted(SUITES)}")
+        if self.suite != "shards" and self.data:
+            raise ValueError(f"data (--data) is only read by the shards suite, not {self.suite!r}")
+        for name in ("num_steps", "batch_size", "max_caption_tokens", "num_samples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.qa_per_image is not None and (not isinstance(self.qa_per_image, int) or self.qa_per_image < 0):
+            raise ValueError(f"qa_per_image must be >= 0 (0 = every question), got {self.qa_per_image!r}")
+
+    def check_inputs(self) -> None:
+        """The checks that look at files, apart from construction so a config can be written for
+        another machine; raises ValueError if `shards` lacks data or feature_path is not a file."""
+        if self.suite == "shards" and not self.data:
+            raise ValueError("the shards suite needs --data (EvalConfig.data), e.g. 'shards/eval/{000000..000003}.tar'")
+        if self.feature_path and not Path(self.feature_path).is_file():
+            raise ValueError(f"feature_path (--feature-path) {self.feature_path} is not a file")
+
+
+def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[str, Any]:
+    """Run `config.suite` on `model` and return the flat metrics dict (also written, with the
+    report, into `config.out_dir` when it is set).
+
+    Args:
+        model: a loaded `unimodal.UniModal` (or anything with its `caption`, `answer`, `generate`
+            methods and a `config.image_size`).
+        config: what to run.
+        title: heading of summary.md (default: the suite and its sampling settings).
+
+    Raises:
+        ValueError: `shards` without data, a missing feature_path, or a bad world_config file.
+    """
+    config.check_inputs()
+    defaults = SUITES[config.suite]
+    num_samples = config.num_samples if config.num_samples is not None else defaults["num_samples"]
+    qa_per_image = config.qa_per_image if config.qa_per_image is not None else defaults["qa_per_image"]
+    fid = config.fid if config.fid is not None else config.suite == "shards"
+    world_config = load_world_config(config.world_config)
+    settings = EvalSettings(num_steps=config.num_steps, guidance_scale=config.guidance_scale,
+                            scheduler=config.scheduler, seed=config.seed, batch_size=config.batch_size,
+                            max_caption_tokens=config.max_caption_tokens, progress=config.progress)
+    title = title or (f"{config.suite} suite: {config.num_steps} steps, guidance {config.guidance_scale}, "
+                      f"seed {config.seed}")
+    out = Path(config.out_dir) if config.out_dir else None
+    if config.suite in SHAPES_LIKE:
+        if world_config.image_size != model.config.image_size:
+            log.warning("the world is drawn at %d px but the model works at %d px: was it trained on this world? "
+                        "(pass --world-config, or put the training world's world.json in the model folder)",
+                        world_config.image_size, model.config.image_size)
+        return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, config.feature_path,
+                          config.world_seed, out, title)
+    return run_shards(model, config.data, model.config.image_size, num_samples, settings, qa_per_image, fid,
+                      config.feature_path, world_config, out, title)
 
 
 def evaluate_shapes(model, num_samples: int = 32, num_steps: int = 25, world_config: WorldConfig | None = None,
@@ -121,54 +209,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Usage errors as ValueError with a message that says what to do."""
-    if args.suite not in SUITES:
-        raise ValueError(f"unknown suite {args.suite!r}; choose one of {sorted(SUITES)}")
-    if args.suite == "shards" and not args.data:
-        raise ValueError("--suite shards needs --data, e.g. --data 'shards/eval/{000000..000003}.tar'")
-    if args.suite != "shards" and args.data:
-        raise ValueError(f"--data is only read by --suite shards, not {args.suite!r}")
-    folder = Path(args.model)
-    if not folder.is_dir():
-        raise ValueError(f"model folder not found: {folder} (pass an export folder, e.g. runs/tiny/export)")
-    if args.feature_path and not Path(args.feature_path).is_file():
-        raise ValueError(f"--feature-path {args.feature_path} is not a file")
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The parsed command line as an `EvalConfig`: `--out` defaults to <model>/eval-<suite> and
+    `--world-config` to the model folder's world.json when there is one. Raises ValueError."""
+    world = args.world_config
+    if world is None and (Path(args.model) / WORLD_FILENAME).is_file():
+        world = str(Path(args.model) / WORLD_FILENAME)
+    return EvalConfig(suite=args.suite, data=args.data, out_dir=args.out or str(Path(args.model) / f"eval-{args.suite}"),
+                      num_samples=args.num_samples, qa_per_image=args.qa_per_image, num_steps=args.num_steps,
+                      guidance_scale=args.guidance_scale, scheduler=args.scheduler, batch_size=args.batch_size,
+                      seed=args.seed, max_caption_tokens=args.max_caption_tokens, fid=args.fid,
+                      feature_path=args.feature_path, world_config=world, world_seed=args.world_seed,
+                      progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     """Run a suite from the command line; returns the metrics dict, or 2 on a usage error."""
     args = _parser().parse_args(argv)
     try:
-        _check_args(args)
-        defaults = SUITES[args.suite]
-        num_samples = args.num_samples if args.num_samples is not None else defaults["num_samples"]
-        qa_per_image = args.qa_per_image if args.qa_per_image is not None else defaults["qa_per_image"]
-        fid = args.fid if args.fid is not None else args.suite == "shards"
-        world_config = load_world_config(args.world_config, args.model)
-        settings = EvalSettings(num_steps=args.num_steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler,
-                                seed=args.seed, batch_size=args.batch_size, max_caption_tokens=args.max_caption_tokens,
-                                progress=not args.no_progress)
+        config = config_from_args(args)
+        config.check_inputs()
+        load_world_config(config.world_config)  # a bad file is a usage error, found before the model loads
+        if not Path(args.model).is_dir():
+            raise ValueError(f"model folder not found: {args.model} (pass an export folder, e.g. runs/tiny/export)")
         model = _load_model(args.model, args.device)
     except (ValueError, FileNotFoundError) as err:
         print(f"unimodal.evaluation.run: error: {err}", file=sys.stderr)
         return 2
-    if args.suite in SHAPES_LIKE and world_config.image_size != model.config.image_size:
-        log.warning("the world is drawn at %d px but the model works at %d px: was it trained on this world? "
-                    "(pass --world-config, or put the training world's world.json in the model folder)",
-                    world_config.image_size, model.config.image_size)
-
-    out = Path(args.out) if args.out else Path(args.model) / f"eval-{args.suite}"
-    title = (f"{args.suite} suite: {Path(args.model).name}, {args.num_steps} steps, guidance {args.guidance_scale}, "
-             f"seed {args.seed}")
+    title = (f"{config.suite} suite: {Path(args.model).name}, {config.num_steps} steps, "
+             f"guidance {config.guidance_scale}, seed {config.seed}")
     started = time.perf_counter()
-    if args.suite in SHAPES_LIKE:
-        metrics = run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, args.feature_path,
-                             args.world_seed, out, title)
-    else:
-        metrics = run_shards(model, args.data, model.config.image_size, num_samples, settings, qa_per_image, fid,
-                             args.feature_path, world_config, out, title)
-    print(_one_line(metrics, time.perf_counter() - started, out))
+    metrics = run_suite(model, config, title=title)
+    print(_one_line(metrics, time.perf_counter() - started, Path(config.out_dir)))
     return metrics
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from unimodal.config import ModelConfig, config_from_dict, preset_values
 from unimodal.data.config import DataConfig
+from unimodal.evaluation.run import EvalConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16_autocast")
 OPTIMIZER_IMPLS = ("deepspeed", "torch")
@@ -138,10 +139,15 @@ class FaultConfig:
 
 
 @dataclass
-class EvalConfig:
-    enabled: bool = False  # run `unimodal.evaluation.run.main` on the export at the end (writes <run>/eval/)
-    suite: str = "tiny"  # "tiny"/"shapes" (synthetic world) or "shards" (the sample shards)
-    extra_args: list[str] = field(default_factory=list)  # passed verbatim to unimodal.evaluation.run.main
+class RunEvalConfig:
+    """The eval section: the evaluation runner on the export at the end, and a small shapes-suite
+    eval of the EMA weights during training."""
+
+    enabled: bool = False  # run `unimodal.evaluation.run.run_suite` on the export at the end (writes <run>/eval/)
+    # The runner's options (`unimodal.evaluation.run.EvalConfig`). Left unset, the run fills in: out_dir =
+    # <run>/eval, data (shards suite) = the sample shards, world_config = the export's world.json; progress
+    # bars also need logging.progress_bar.
+    final: EvalConfig = field(default_factory=EvalConfig)
     # In-training shapes-suite metrics (eval/* in metrics.jsonl) every N steps from the EMA
     # weights; 0 = never. Needs synthetic.enabled.
     every: int = 0
@@ -167,7 +173,7 @@ class RunConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: RunEvalConfig = field(default_factory=RunEvalConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,6 +229,22 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------- loading
+def _moved_keys() -> dict[str, str]:
+    """Keys of older configs that are gone, each with what to write instead."""
+    runner = ", ".join(f"eval.final.{f.name}" for f in dataclasses.fields(EvalConfig))
+    return {
+        "eval.extra_args": "eval.extra_args (command-line strings for the eval runner) is gone: set the runner's "
+                           f"options as typed keys instead: {runner} (e.g. eval.final.num_samples=200)",
+        "eval.suite": "eval.suite moved to eval.final.suite",
+    }
+
+
+def _reject_moved(dotted: str) -> None:
+    message = _moved_keys().get(dotted)
+    if message is not None:
+        raise ValueError(message)
+
+
 def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults <- YAML at `path` (and the files it `extends`) <- `key.path=value` overrides. A YAML
     without `name` is named after its file (configs/tiny.yaml -> "tiny")."""
@@ -314,6 +336,7 @@ def _check_path(parts: list[str], override: str) -> None:
         hints = typing.get_type_hints(cls)
         known = set(hints) | ({"preset"} if cls is ModelConfig else set())
         if part not in known:
+            _reject_moved(".".join(parts[:depth + 1]))
             where = ".".join(parts[:depth]) or "the run config"
             raise ValueError(f"override {override!r}: {where} has no key {part!r}; known: {sorted(known)}")
         cls = _dataclass_of(hints.get(part))
@@ -338,6 +361,8 @@ def _build(cls, values: Any, path: str):
         values = {**base, **values}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
+    for key in unknown:
+        _reject_moved(f"{path}.{key}".lstrip("."))
     if unknown:
         where = path or "the run config"
         raise ValueError(f"unknown key(s) {[f'{path}.{k}'.lstrip('.') for k in unknown]} in {where}; "
@@ -367,7 +392,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if hint is int and isinstance(value, str):
             return int(value)
         if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. "--num-samples 2" in a list of CLI arguments
+            return str(value)  # e.g. an unquoted number in a list of prompts
         if origin is tuple and isinstance(value, list):
             return tuple(_coerce(v, args[0] if args else Any, path) for v in value)
         if origin is list and isinstance(value, list) and args:

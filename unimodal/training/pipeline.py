@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from unimodal.data import write_shards
 from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.shards import expand_shards, iter_shards
 from unimodal.data.skips import SkipCounter
 from unimodal.data.synthetic import WorldConfig
 from unimodal.data.tasks import qa_pairs
+from unimodal.data.write_shards import write_synthetic_shards
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
@@ -78,10 +78,11 @@ def write_world_file(config: RunConfig, folder: Path) -> Path:
 
 
 def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
-    """Write each missing synthetic split with `unimodal.data.write_shards` (rank 0; the others wait).
+    """Write each missing synthetic split with `write_synthetic_shards` (rank 0; the others wait).
 
     A split is written into a hidden staging folder and renamed when complete, so an interrupted
-    write is redone rather than half-used.
+    write is redone rather than half-used. Raises ValueError when the folder holds another world's
+    shards (and whatever `write_synthetic_shards` raises).
     """
     if not config.synthetic.enabled:
         return
@@ -94,19 +95,17 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
             raise ValueError(f"{root} holds shards of another synthetic world ({world_file}); point "
                              "synthetic.output_dir elsewhere or delete that folder")
         write_world_file(config, root)
+        world = world_config(config)
         for split in SPLITS:
             final = root / split
             if final.is_dir() or counts[split] <= 0:
                 continue
             staging = root / f".{split}.partial"
             shutil.rmtree(staging, ignore_errors=True)
-            argv = ["synthetic", "--out", str(staging), "--num-samples", str(counts[split]), "--seed", str(syn.seed),
-                    "--split", split, "--world-config", str(world_file), "--max-count", str(syn.samples_per_shard),
-                    "--no-progress"]
             log.info("writing %d synthetic %s samples to %s", counts[split], split, final)
-            code = write_shards.main(argv)
-            if code:
-                raise RuntimeError(f"unimodal.data.write_shards failed with exit code {code} for {argv}")
+            summary = write_synthetic_shards(staging, counts[split], seed=syn.seed, split=split, world_config=world,
+                                             max_count=syn.samples_per_shard, progress=False)
+            log.info("%s", summary)
             os.replace(staging, final)
     barrier()
 

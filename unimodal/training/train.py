@@ -17,6 +17,7 @@ and continues a killed run from its latest complete checkpoint when started agai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import yaml
 from unimodal.api import UniModal
 from unimodal.codecs import build_codec
 from unimodal.diffusion import make_process
+from unimodal.evaluation.run import EvalConfig, evaluate_shapes, run_suite
 from unimodal.model import UniModalModel
 from unimodal.tokenizer import Tokenizer
 
@@ -104,8 +106,6 @@ class Run:
         model = self.inference_model(step)
         if model is None:
             return
-        from unimodal.evaluation.run import evaluate_shapes
-
         with torch.random.fork_rng(devices=[]):
             metrics = evaluate_shapes(UniModal(model, self.tokenizer, self.codec), num_samples=self.config.eval.num_samples,
                                       num_steps=self.config.eval.num_steps, world_config=pipeline.world_config(self.config))
@@ -190,26 +190,36 @@ def prepare_run(config: RunConfig) -> Run:
 
 
 # ------------------------------------------------------------------------------ after training
+def eval_config(config: RunConfig, export_dir: Path) -> EvalConfig:
+    """`eval.final` with what the run fills in when unset: out_dir <run>/eval, the sample shards for
+    the shards suite, the export's world.json; no progress bars without logging.progress_bar."""
+    final = config.eval.final
+    world = export_dir / pipeline.WORLD_FILE
+    data = final.data
+    if final.suite == "shards" and not data:
+        data = str(config.logging.sample_shards or config.data.train_shards)
+    return dataclasses.replace(final, data=data, out_dir=final.out_dir or str(config.run_dir / "eval"),
+                               world_config=final.world_config or (str(world) if world.is_file() else None),
+                               progress=final.progress and config.logging.progress_bar)
+
+
 def run_eval(config: RunConfig, export_dir: Path, metrics_path: Path, step: int) -> Path | None:
-    """`unimodal.evaluation.run.main` on the export (rank 0), if eval is enabled; its headline numbers are also
-    appended to metrics.jsonl as eval/* at the final step."""
+    """`unimodal.evaluation.run.run_suite` on the export (rank 0), if eval is enabled; its headline numbers are
+    also appended to metrics.jsonl as eval/* at the final step. A usage error (missing shards or
+    feature file) is logged and the run still finishes."""
     if not config.eval.enabled:
         return None
-    from unimodal.evaluation import run as eval_run
-
-    out = config.run_dir / "eval"
-    argv = ["--model", str(export_dir), "--suite", config.eval.suite, "--out", str(out), "--no-progress",
-            *config.eval.extra_args]
-    if config.eval.suite == "shards" and "--data" not in argv:
-        argv += ["--data", str(config.logging.sample_shards or config.data.train_shards)]
-    result = eval_run.main(argv)
-    if not isinstance(result, dict):
-        log.error("evaluation failed (exit code %s): python -m unimodal.evaluation %s", result, " ".join(argv))
+    suite = eval_config(config, export_dir)
+    try:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        result = run_suite(UniModal.from_pretrained(export_dir, device=device), suite)
+    except (ValueError, FileNotFoundError) as error:
+        log.error("evaluation failed: %s (settings: %s)", error, suite)
         return None
     numbers = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not k.startswith("num_")}
     with open(metrics_path, "a") as handle:
         handle.write(json.dumps({"step": step, **numbers}) + "\n")
-    return out
+    return Path(suite.out_dir)
 
 
 def finish(run: Run) -> dict[str, str]:
