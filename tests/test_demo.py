@@ -168,7 +168,7 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def test_the_page_captions_and_generates_like_the_api_in_a_browser(api, page_url, browser, picture_file):
+def test_the_page_captions_answers_and_generates_like_the_api_in_a_browser(api, page_url, browser, picture_file):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as when
@@ -195,6 +195,18 @@ def test_the_page_captions_and_generates_like_the_api_in_a_browser(api, page_url
     output = browser.find_element(By.CSS_SELECTOR, "#caption-output textarea")
     expected = api.caption([picture])[0]
     assert expected, "the random model's caption is empty: pick another seed so the test shows something"
+    wait.until(lambda _: output.get_attribute("value"))
+    assert output.get_attribute("value") == expected
+
+    # Answer: its own upload; Enter in the question box asks.
+    tab("Answer")
+    question = wait.until(when.visibility_of_element_located((By.CSS_SELECTOR, "#answer-question textarea")))
+    browser.find_element(By.CSS_SELECTOR, "#answer-image input[type=file]").send_keys(str(path))
+    wait.until(when.visibility_of_element_located((By.CSS_SELECTOR, "#answer-image img")))
+    question.send_keys("what colour is the circle?", Keys.ENTER)
+    output = browser.find_element(By.CSS_SELECTOR, "#answer-output textarea")
+    expected = api.answer([picture], ["what colour is the circle?"])[0]
+    assert expected, "the random model's answer is empty: pick another seed so the test shows something"
     wait.until(lambda _: output.get_attribute("value"))
     assert output.get_attribute("value") == expected
 

@@ -160,7 +160,8 @@ def _serve(parser: argparse.ArgumentParser, model, args: argparse.Namespace) -> 
     try:
         serve(model, host=args.host, port=args.port)
     except OSError as error:  # the port is taken or the address is not this machine's
-        parser.error(f"--host {args.host} --port {args.port}: cannot serve there ({error})")
+        parser.error(f"cannot serve on {args.host}:{args.port} ({type(error).__name__}): the port is taken or the "
+                     "address is not one of this machine's; choose another --port or --host")
 
 
 def _slug(text: str, max_chars: int = 40) -> str:

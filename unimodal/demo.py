@@ -34,6 +34,9 @@ CAPTION_TOKENS = 32  # the CLI's reply lengths
 ANSWER_TOKENS = 16
 # Tiny model images (16-64 px) shown large: keep their pixels sharp instead of blurred.
 CSS = "#generate-image img { image-rendering: pixelated; }"
+# One model call at a time across all tabs: they share one set of weights on one device, and the
+# queue shows waiting visitors their place instead of splitting the CPU/GPU between requests.
+ONE_AT_A_TIME = dict(concurrency_limit=1, concurrency_id="model")
 
 
 class Handlers:
@@ -55,7 +58,7 @@ class Handlers:
         image = _require_image(image)
         question = (question or "").strip()
         if not question:
-            raise gr.Error("Type a question about the image first.")
+            raise _user_error("Type a question about the image first.")
         return _friendly(lambda: self.model.answer([image], [question], max_new_tokens=ANSWER_TOKENS))[0]
 
     def generate(self, prompt: str | None, num_steps: float | None, guidance_scale: float | None,
@@ -65,7 +68,7 @@ class Handlers:
         num_steps = _whole_number(num_steps, "Number of steps", 1, MAX_STEPS)
         seed = _whole_number(seed, "Seed", 0, MAX_SEED)
         if guidance_scale is None or not 1.0 <= guidance_scale <= MAX_GUIDANCE:
-            raise gr.Error(f"Guidance scale must be between 1 (no guidance) and {MAX_GUIDANCE:g}, got {guidance_scale}.")
+            raise _user_error(f"Guidance scale must be between 1 (no guidance) and {MAX_GUIDANCE:g}, got {guidance_scale}.")
         if not prompt:
             gr.Warning("The prompt is empty: the image is sampled without any text.")
         progress((0, num_steps), desc="sampling", unit="steps")
@@ -77,16 +80,21 @@ class Handlers:
                                                      seed=seed, callback=on_step))[0]
 
 
+def _user_error(message: str) -> gr.Error:
+    """A message for the page; a user's mistake needs no traceback in the server's log."""
+    return gr.Error(message, print_exception=False)
+
+
 def _require_image(image: Image.Image | None) -> Image.Image:
     if image is None:
-        raise gr.Error("Upload an image first.")
+        raise _user_error("Upload an image first.")
     return image
 
 
 def _whole_number(value: float | None, name: str, low: int, high: int) -> int:
     """A number field's value as an int in [low, high], or a message saying what is allowed."""
     if value is None or value != int(value) or not low <= value <= high:
-        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value}.")
+        raise _user_error(f"{name} must be a whole number from {low} to {high}, got {value}.")
     return int(value)
 
 
@@ -95,7 +103,7 @@ def _friendly(call):
     try:
         return call()
     except (ValueError, TypeError) as error:
-        raise gr.Error(str(error)) from error
+        raise _user_error(str(error)) from error
 
 
 # ----------------------------------------------------------------------------- the page
@@ -105,7 +113,7 @@ def _caption_tab(handlers: Handlers) -> None:
         with gr.Column():
             caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-output")
             button = gr.Button("Caption", variant="primary", elem_id="caption-button")
-    button.click(handlers.caption, inputs=image, outputs=caption, api_name="caption")
+    button.click(handlers.caption, inputs=image, outputs=caption, api_name="caption", **ONE_AT_A_TIME)
 
 
 def _answer_tab(handlers: Handlers) -> None:
@@ -117,8 +125,8 @@ def _answer_tab(handlers: Handlers) -> None:
             answer = gr.Textbox(label="Answer", interactive=False, elem_id="answer-output")
             button = gr.Button("Answer", variant="primary", elem_id="answer-button")
     inputs = [image, question]
-    button.click(handlers.answer, inputs=inputs, outputs=answer, api_name="answer")
-    question.submit(handlers.answer, inputs=inputs, outputs=answer)
+    button.click(handlers.answer, inputs=inputs, outputs=answer, api_name="answer", **ONE_AT_A_TIME)
+    question.submit(handlers.answer, inputs=inputs, outputs=answer, **ONE_AT_A_TIME)
 
 
 def _generate_tab(handlers: Handlers) -> None:
@@ -135,8 +143,8 @@ def _generate_tab(handlers: Handlers) -> None:
         image = gr.Image(type="pil", format="png", label="Image", interactive=False, height=320,
                          elem_id="generate-image")  # png: the page shows the model's exact pixels
     inputs = [prompt, num_steps, guidance_scale, seed]
-    button.click(handlers.generate, inputs=inputs, outputs=image, api_name="generate")
-    prompt.submit(handlers.generate, inputs=inputs, outputs=image)
+    button.click(handlers.generate, inputs=inputs, outputs=image, api_name="generate", **ONE_AT_A_TIME)
+    prompt.submit(handlers.generate, inputs=inputs, outputs=image, **ONE_AT_A_TIME)
 
 
 # One entry per tab, in page order. A future "Clip" tab (video clips) is one more (label, builder) pair.
@@ -163,7 +171,12 @@ def serve(model: UniModal, host: str = "127.0.0.1", port: int = 7860, block: boo
     in a background thread and the caller stops it with `.close()` on the returned Blocks.
     """
     demo = build_demo(model)
-    demo.queue()  # needed for progress bars; one event at a time per button by default
-    demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
+    demo.queue()  # progress bars and gr.Warning messages need the queue
+    # quiet: Gradio's own banner suggests share=True, which this demo never uses; print the address instead.
+    demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                 ssr_mode=False, css=CSS, footer_links=[])
+    if not quiet:
+        print(f"unimodal demo: open {demo.local_url} (Ctrl+C stops it)", flush=True)
+    if block:
+        demo.block_thread()  # returns on Ctrl+C, after closing the server
     return demo
