@@ -75,6 +75,7 @@ BAD_INPUTS = {
     "zero steps": (lambda h, pic: h.generate(PROMPT, 0, 3.0, 0), "Number of steps must be a whole number from 1 to"),
     "too many steps": (lambda h, pic: h.generate(PROMPT, MAX_STEPS + 1, 3.0, 0), f"from 1 to {MAX_STEPS}, got"),
     "fractional steps": (lambda h, pic: h.generate(PROMPT, 2.5, 3.0, 0), "Number of steps must be a whole number"),
+    "infinite steps": (lambda h, pic: h.generate(PROMPT, float("inf"), 3.0, 0), "Number of steps must be a whole number"),
     "no steps": (lambda h, pic: h.generate(PROMPT, None, 3.0, 0), "Number of steps must be a whole number"),
     "guidance below 1": (lambda h, pic: h.generate(PROMPT, 2, 0.5, 0), r"Guidance scale must be between 1 \(no guidance\)"),
     "negative seed": (lambda h, pic: h.generate(PROMPT, 2, 3.0, -1), "Seed must be a whole number from 0 to"),

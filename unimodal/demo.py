@@ -15,6 +15,7 @@ are served by Gradio itself.
 
 from __future__ import annotations
 
+import math
 import os
 
 # Gradio reads the variable when it creates Blocks and when it launches; set before anything of it runs.
@@ -25,7 +26,7 @@ from PIL import Image
 
 from .api import UniModal
 
-MAX_STEPS = 200  # sampling steps the page accepts; beyond ~50 the flow samplers change little
+MAX_STEPS = 200  # sampling steps the page accepts: one visitor cannot hold the shared queue for long
 DEFAULT_STEPS = 25  # the CLI's default
 MAX_GUIDANCE = 10.0
 DEFAULT_GUIDANCE = 3.0
@@ -93,7 +94,7 @@ def _require_image(image: Image.Image | None) -> Image.Image:
 
 def _whole_number(value: float | None, name: str, low: int, high: int) -> int:
     """A number field's value as an int in [low, high], or a message saying what is allowed."""
-    if value is None or value != int(value) or not low <= value <= high:
+    if value is None or not math.isfinite(value) or value != int(value) or not low <= value <= high:
         raise _user_error(f"{name} must be a whole number from {low} to {high}, got {value}.")
     return int(value)
 
