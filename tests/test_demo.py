@@ -169,7 +169,7 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def test_the_page_captions_answers_and_generates_like_the_api_in_a_browser(api, page_url, browser, picture_file):
+def test_the_page_captions_answers_and_generates_like_the_api_in_a_browser(api, browser, page_url, picture_file):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as when
