@@ -129,6 +129,16 @@ def test_a_seed_gives_the_same_image_alone_and_in_a_batch(api, guidance_scale):
     assert (batch - api.generate(PROMPTS, seed=8, **kwargs)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("scheduler", ["euler", "dpmsolver++"])
+def test_generate_calls_the_callback_once_per_step_and_keeps_the_images(api, scheduler):
+    """`callback(step, num_steps)` reports progress (the demo's progress bar) and changes nothing."""
+    kwargs = dict(num_steps=5, scheduler=scheduler, seed=3, output_type="pt")
+    calls = []
+    reported = api.generate(PROMPTS[:2], callback=lambda step, total: calls.append((step, total)), **kwargs)
+    assert calls == [(step, 5) for step in range(1, 6)]
+    assert_close(reported, api.generate(PROMPTS[:2], **kwargs), atol=0, rtol=0)
+
+
 def test_generate_returns_pil_images_of_any_allowed_size(api):
     images = api.generate(PROMPTS[:2], num_steps=2)
     assert [im.size for im in images] == [(16, 16)] * 2 and all(im.mode == "RGB" for im in images)
@@ -196,6 +206,8 @@ BAD_INPUTS = {
                          r"guidance_scale must be >= 1 \(1 disables guidance\)"),
     "height not a multiple": (lambda m: m.generate(["x"], height=10), ValueError,
                               "height must be a positive multiple of 4"),
+    "callback not callable": (lambda m: m.generate(["x"], num_steps=1, callback=3), TypeError,
+                              r"callback must be a function callback\(step, num_steps\), got int"),
     "width not positive": (lambda m: m.generate(["x"], width=0), ValueError, "width must be a positive multiple of 4"),
     "two channels": (lambda m: m.caption([torch.rand(2, 16, 16)]), ValueError, "an image needs 1, 3 or 4 channels"),
     "five channels": (lambda m: m.caption([np.zeros((16, 16, 5), np.uint8)]), ValueError,

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +112,16 @@ class UniModal:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], num_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
                  height: int | None = None, width: int | None = None, scheduler: str | None = None,
-                 output_type: str = "pil", progress: bool = False, use_cache: bool = True):
+                 output_type: str = "pil", progress: bool = False, use_cache: bool = True,
+                 callback: Callable[[int, int], None] | None = None):
         """Generate one image per prompt.
 
         Prompt i uses the noise of `seed + i`, so a prompt gives the same image alone or in a batch.
         `guidance_scale` 1 disables classifier-free guidance; above 1 the conditional and the
         empty-prompt sequences run in one batch. `scheduler`: "euler" (flow default) or
         "dpmsolver++" (good at few steps); "ddim"/"ddpm" for ddpm models. `output_type`: "pil"
-        (list of PIL images) or "pt" (tensor (N, 3, H, W) in [-1, 1]).
+        (list of PIL images) or "pt" (tensor (N, 3, H, W) in [-1, 1]). `callback(step, num_steps)`,
+        if given, is called after each sampling step (step = 1 .. num_steps), e.g. to drive a progress bar.
         """
         prompts = _check_texts(prompts, "prompts")
         if not isinstance(num_steps, int) or num_steps <= 0:
@@ -128,6 +130,8 @@ class UniModal:
             raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function callback(step, num_steps), got {type(callback).__name__}")
         scheduler = scheduler or default_scheduler_name(self.config)
         if scheduler not in self.process.schedulers:
             raise ValueError(f"unknown scheduler {scheduler!r}; for objective {self.config.objective!r} "
@@ -143,9 +147,14 @@ class UniModal:
         if guidance_scale != 1.0:
             prefixes += [[tok.bos_id, tok.boi_id]] * len(prompts)
         bar = tqdm(total=num_steps, desc="sampling", disable=not progress)
+
+        def on_step(step: int, total: int) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(step, total)
+
         latents = sample_latents(self.model, self.process, prefixes, noise, num_steps, guidance_scale, scheduler,
-                                 tok.pad_id, use_cache=use_cache, progress=lambda step, total: bar.update(1),
-                                 generator=generators)
+                                 tok.pad_id, use_cache=use_cache, progress=on_step, generator=generators)
         bar.close()
         images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
         return to_pil(images) if output_type == "pil" else images

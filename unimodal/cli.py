@@ -3,6 +3,7 @@
     unimodal caption cat.png dog.jpg --model runs/tiny/export
     unimodal answer cat.png "what colour is the cat?" --model runs/tiny/export
     unimodal generate "a red circle" "a blue square" --model runs/tiny/export --out grid.png --out-dir images/
+    unimodal demo --model runs/tiny/export [--port 7860] [--host 127.0.0.1]    (needs the `demo` extra)
 
 Bad arguments (a missing model folder or image, an unknown scheduler, ...) print a message and exit
 with status 2, like any argparse error.
@@ -11,6 +12,7 @@ with status 2, like any argparse error.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -58,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--height", type=int, default=None, help="pixels; default: the model's image size")
     generate.add_argument("--width", type=int, default=None, help="pixels; default: the model's image size")
     generate.add_argument("--cell-size", type=int, default=128, help="pixels per image in the grid")
-    for command_parser in (caption, answer, generate):  # errors print the usage of their own command
+    demo = commands.add_parser("demo", parents=[common], help="serve a web page to try the model",
+                               description="Serve a Gradio page with Caption, Answer and Generate tabs "
+                                           "(needs the demo extra: pip install 'unimodal[demo]'). Stop it with Ctrl+C.")
+    demo.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    for command_parser in (caption, answer, generate, demo):  # errors print the usage of their own command
         command_parser.set_defaults(command_parser=command_parser)
     return parser
 
@@ -70,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("generate needs --out GRID.png and/or --out-dir FOLDER to save the images")
     if getattr(args, "out", None) is not None and args.out.suffix.lower() not in _image_extensions():
         parser.error(f"--out {args.out}: name the grid file with an image extension such as .png")
+    if args.command == "demo" and not 1 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: choose a TCP port from 1 to 65535")
+    if args.command == "demo" and importlib.util.find_spec("gradio") is None:  # before the model loads
+        parser.error("unimodal demo needs gradio: pip install 'unimodal[demo]'")
     if not args.model.is_dir():
         parser.error(f"--model {args.model}: no such folder (pass an exported model folder)")
     images = [_open_image(parser, path) for path in getattr(args, "images", [])]
@@ -91,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "answer":
             questions = [args.question] * len(images)
             _print_replies(args.images, model.answer(images, questions, **_text_options(args, 16)))
-        else:
+        elif args.command == "generate":
             _generate(model, args)
+        else:
+            _serve(parser, model, args)
     except (ValueError, TypeError, FileNotFoundError) as error:  # user errors, worded by the API
         parser.error(str(error))
     return 0
@@ -138,6 +152,16 @@ def _generate(model, args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         image_grid(images, labels=args.prompts, cell_size=args.cell_size).save(args.out)
         print(args.out)
+
+
+def _serve(parser: argparse.ArgumentParser, model, args: argparse.Namespace) -> None:
+    from .demo import serve  # only here: gradio is an optional extra the rest of the CLI never loads
+
+    try:
+        serve(model, host=args.host, port=args.port)
+    except OSError as error:  # the port is taken or the address is not this machine's
+        parser.error(f"cannot serve on {args.host}:{args.port} ({type(error).__name__}): the port is taken or the "
+                     "address is not one of this machine's; choose another --port or --host")
 
 
 def _slug(text: str, max_chars: int = 40) -> str:
