@@ -83,8 +83,11 @@ def test_sampling_benchmark_prints_speeds_of_both_paths(capsys):
     for key in ("decode_batch_1_tokens_per_s_cached", "decode_batch_1_tokens_per_s_uncached",
                 "sample_s_per_image_2_steps_cached", "sample_s_per_image_2_steps_uncached"):
         assert printed[key] > 0, key
-    assert printed["decode_batch_1_cache_speedup"] == pytest.approx(
-        printed["decode_batch_1_tokens_per_s_cached"] / printed["decode_batch_1_tokens_per_s_uncached"], rel=0.02)
+    # The speed-up comes from the unrounded speeds; the printed speeds are rounded to 0.1 tokens/s, which
+    # on a loaded machine (a few tokens/s) moves their ratio by more than any fixed relative tolerance.
+    cached, uncached = printed["decode_batch_1_tokens_per_s_cached"], printed["decode_batch_1_tokens_per_s_uncached"]
+    low, high = (cached - 0.05) / (uncached + 0.05), (cached + 0.05) / max(uncached - 0.05, 1e-9)
+    assert low - 0.005 <= printed["decode_batch_1_cache_speedup"] <= high + 0.005
 
 
 def test_scaling_prints_one_line_per_point_and_a_plot(capsys, tmp_path):
