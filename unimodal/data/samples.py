@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from unimodal.images import to_model_tensor
 
@@ -38,13 +37,10 @@ def image_suffix(raw: RawSample) -> str | None:
 
 
 def decode_image(data: bytes, image_size: int) -> torch.Tensor:
-    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1] (resize shorter side,
-    center-crop; `unimodal.images.to_model_tensor` does the same at inference)."""
-    with Image.open(io.BytesIO(data)) as image:
-        # JPEG can decode at 1/2..1/8 scale for free when the target is much smaller.
-        image.draft("RGB", (image_size, image_size))
-        rgb = np.array(image.convert("RGB"))  # (H, W, 3) uint8, writable (torch warns on read-only)
-    return to_model_tensor(rgb, image_size)
+    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1]: the project's one input
+    rule (`unimodal.images.open_image`: EXIF orientation, alpha on white, 16-bit scaled), then resize
+    on the shorter side and center-crop, exactly as `UniModal.caption` does for the same bytes."""
+    return to_model_tensor(data, image_size)
 
 
 def decode_latent(data: bytes) -> torch.Tensor:

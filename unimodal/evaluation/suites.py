@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from unimodal.data.checker import ATTRIBUTES, to_uint8_rgb
+from unimodal.images import open_image
 
 from .caption_metrics import caption_scores
 from .report import flatten_metrics, save_image_grid, write_markdown_summary, write_metrics_json
@@ -108,7 +109,7 @@ def generate_images(model, prompts: Sequence[str], settings: EvalSettings) -> li
 def as_pil(image: Any) -> Image.Image:
     """PIL image, (H, W, 3) uint8 array or (3, H, W) float in [-1, 1] -> PIL RGB image."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return open_image(image)  # the project's one input rule
     return Image.fromarray(to_uint8_rgb(image))
 
 
