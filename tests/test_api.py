@@ -35,7 +35,7 @@ def api(tokenizer) -> UniModal:
 
 def picture(seed, size=16):
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(3, size, size, generator=generator) * 2 - 1
+    return torch.rand(3, size, size, generator=generator)  # floats are read as [0, 1]
 
 
 def pictures(num):
@@ -183,7 +183,8 @@ BAD_INPUTS = {
     "caption of a path": (lambda m: m.caption("cat.png"), TypeError, "images must be a list of images"),
     "caption of one 3-D tensor": (lambda m: m.caption(GOOD), TypeError, "images must be a list of images"),
     "caption of nothing": (lambda m: m.caption([]), ValueError, "images is empty"),
-    "caption of a non-image": (lambda m: m.caption(["cat.png"]), TypeError, "expected a PIL.Image, numpy array"),
+    "caption of a missing file": (lambda m: m.caption(["no-such-cat.png"]), FileNotFoundError, "no-such-cat.png"),
+    "caption of a non-image": (lambda m: m.caption([{"x": 1}]), TypeError, "expected a path, bytes, PIL.Image"),
     "caption zero tokens": (lambda m: m.caption([GOOD], max_new_tokens=0), ValueError, "max_new_tokens must be"),
     "caption negative temperature": (lambda m: m.caption([GOOD], temperature=-1.0), ValueError, "temperature >= 0"),
     "answer of one question string": (lambda m: m.answer([GOOD], "what?"), TypeError,
@@ -209,17 +210,17 @@ BAD_INPUTS = {
     "callback not callable": (lambda m: m.generate(["x"], num_steps=1, callback=3), TypeError,
                               r"callback must be a function callback\(step, num_steps\), got int"),
     "width not positive": (lambda m: m.generate(["x"], width=0), ValueError, "width must be a positive multiple of 4"),
-    "two channels": (lambda m: m.caption([torch.rand(2, 16, 16)]), ValueError, "an image needs 1, 3 or 4 channels"),
+    "six channels": (lambda m: m.caption([torch.rand(6, 16, 6)]), ValueError, "an image needs 1, 2, 3 or 4 channels"),
     "five channels": (lambda m: m.caption([np.zeros((16, 16, 5), np.uint8)]), ValueError,
-                      "an image needs 1, 3 or 4 channels"),
+                      "an image needs 1, 2, 3 or 4 channels"),
     "one dimension": (lambda m: m.caption([torch.rand(16)]), ValueError,
                       r"must be \(H, W\), \(H, W, C\) or \(C, H, W\); got shape \(16,\)"),
     "a batch inside the list": (lambda m: m.caption([torch.rand(2, 3, 16, 16)]), ValueError,
                                 r"got shape \(2, 3, 16, 16\)"),
     "int64 tensor": (lambda m: m.caption([torch.zeros(3, 16, 16, dtype=torch.int64)]), TypeError,
-                     "image arrays must be uint8 or float, got torch.int64"),
-    "bool numpy": (lambda m: m.caption([np.zeros((16, 16, 3), bool)]), TypeError,
-                   "image arrays must be uint8 or float"),
+                     "image arrays must be uint8, uint16, bool or float, got torch.int64"),
+    "[-1, 1] floats": (lambda m: m.caption([torch.rand(3, 16, 16) * 2 - 1]), ValueError,
+                       r"must lie in \[0, 1\].*\(x \+ 1\) / 2"),
 }
 
 
@@ -236,14 +237,13 @@ EXPECTED = torch.from_numpy(RGB).permute(2, 0, 1).float() / 255 * 2 - 1  # (3, 1
 CHW01 = torch.from_numpy(RGB).permute(2, 0, 1).float() / 255
 FORMATS = {
     "PIL RGB": Image.fromarray(RGB),
-    "PIL RGBA": Image.fromarray(np.dstack([RGB, np.full((16, 16), 77, np.uint8)])),  # alpha dropped
+    "PIL RGBA, opaque": Image.fromarray(np.dstack([RGB, np.full((16, 16), 255, np.uint8)])),
     "numpy HWC uint8": RGB,
     "numpy HWC uint8, flipped view": np.ascontiguousarray(RGB[..., ::-1])[..., ::-1],  # negative strides
     "numpy CHW float [0, 1]": CHW01.numpy(),
     "tensor HWC uint8": torch.from_numpy(RGB),
     "tensor CHW float [0, 1]": CHW01,
     "tensor CHW float64 [0, 1]": CHW01.double(),
-    "tensor CHW float [-1, 1]": EXPECTED.clone(),
     "tensor (1, 3, H, W)": CHW01[None],
 }
 
@@ -292,7 +292,7 @@ def test_the_api_takes_a_batch_tensor_and_mixed_formats(api):
 
 
 def to_pil_image(tensor):
-    return Image.fromarray(((tensor.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    return Image.fromarray((tensor.permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy())
 
 
 # ----------------------------------------------------------------------------- shared image RoPE

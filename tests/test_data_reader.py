@@ -247,3 +247,60 @@ def test_skip_counter_plugs_into_webdataset(tmp_path):
     pipeline = wds.tarfile_to_samples(handler=counter.handler("unreadable_shard"))
     assert list(pipeline([{"url": str(tmp_path / "missing.tar")}])) == []
     assert counter.as_dict() == {"unreadable_shard": 1}
+
+
+def _tar(path, files):
+    with tarfile.open(path, "w") as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_captions_come_from_txt_or_json(tmp_path):
+    """KEY.txt first; else KEY.json "caption"; else one of "captions" (the first in eval); else skipped."""
+    import json
+    import random
+
+    from unimodal.data.samples import sample_caption
+    from unimodal.data.skips import SkipCounter
+
+    several = {"captions": ["one", "two", "three"]}
+    url = _tar(tmp_path / "c.tar", [
+        ("a.PNG", _png(0)), ("a.txt", b"from txt"), ("a.json", json.dumps({"caption": "ignored"}).encode()),
+        ("b.png", _png(0)), ("b.json", json.dumps({"caption": "from json"}).encode()),
+        ("c.Jpeg", _jpeg(0)), ("c.json", json.dumps(several).encode()),
+        ("d.png", _png(0)), ("d.json", b"{}"),
+    ])
+    counter = SkipCounter()
+    samples = list(iter_samples(url, 16, counter=counter))
+    assert [s.caption for s in samples] == ["from txt", "from json", "one"]
+    assert counter.as_dict() == {"missing_caption": 1}
+    raw = {"json": json.dumps(several).encode()}
+    assert {sample_caption(raw, random.Random(seed)) for seed in range(30)} == {"one", "two", "three"}
+
+
+def _jpeg(value):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_an_empty_tar_fails_fast_with_a_message(tmp_path, tokenizer, layout, resampled):
+    import time
+
+    empty = _tar(tmp_path / "empty.tar", [])
+    loader = build_train_loader(config(empty, num_workers=0, resampled=resampled), tokenizer, layout)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="shards in a row gave no samples|gave no batch"):
+        next(iter(loader))
+    assert time.perf_counter() - start < 30
+
+
+def test_fewer_shards_than_workers_finishes(tmp_path, tokenizer, layout, caplog):
+    one = write_synthetic_shards(tmp_path, 6, max_count=12, progress=False).pattern
+    loader = build_train_loader(config(one, num_workers=2, resampled=False), tokenizer, layout)
+    assert "some workers get no shard" in caplog.text
+    assert sum(batch.input_ids.shape[0] for batch in loader) == 6

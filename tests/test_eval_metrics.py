@@ -278,3 +278,27 @@ def test_markdown_summary_has_metrics_and_grid_links(tmp_path):
     assert "| fid | 23.5000 |" in text
     assert "| num_images | 16 |" in text
     assert "![generations](grids/gen.png)" in text
+
+
+# ------------------------------------------------------------------ FID/KID from few samples
+def test_kid_spread_is_reported_only_over_distinct_subsets():
+    from unimodal.evaluation.image_metrics import fid_kid_from_features
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(200, 16, generator=generator), torch.randn(200, 16, generator=generator) + 0.5
+    whole = fid_kid_from_features(real, fake, kid_subsets=10)  # subset size min(1000, 200) = every sample
+    assert whole["kid_std"] is None and whole["kid_mean"] > 0
+    halves = fid_kid_from_features(real, fake, kid_subsets=10, kid_subset_size=100)
+    assert halves["kid_std"] > 1e-6
+
+
+def test_summary_warns_that_fid_on_few_samples_is_not_comparable(tmp_path):
+    from unimodal.evaluation.suites import metric_notes
+
+    metrics = {"fid": 30.0, "kid_mean": 0.01, "kid_std": None, "num_fid_real": 200, "num_fid_fake": 200}
+    notes = metric_notes(metrics)
+    assert len(notes) == 1 and "200 samples" in notes[0] and "published" in notes[0] and "kid_std" in notes[0]
+    page = write_markdown_summary(metrics, {}, tmp_path / "summary.md", notes=notes).read_text()
+    assert f"> {notes[0]}" in page and "| kid_std | n/a |" in page
+    assert metric_notes({**metrics, "num_fid_real": 50_000, "num_fid_fake": 50_000}) == []
+    assert metric_notes({"caption_bleu4": 0.4}) == []

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,11 @@ class UniModal:
     # ---- understanding ----
     def caption(self, images: Sequence[Any], max_new_tokens: int = 32, temperature: float = 0.0,
                 top_p: float = 1.0, seed: int = 0) -> list[str]:
-        """Describe each image. Images may be PIL, numpy or tensors in any usual layout and size:
-        they are resized (shorter side) and center-cropped to the model's resolution."""
+        """Describe each image. Images may be paths, encoded bytes, PIL images, numpy arrays or
+        tensors in any usual layout and size, decoded by the project's one input rule
+        (`unimodal.images.to_model_tensor`: EXIF orientation, alpha on white, value range by dtype
+        with floats in [0, 1]), then resized (shorter side) and center-cropped to the model's
+        resolution. Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
         latents = self._encode_images(images, "images")
         prompts = [self.layout.caption_prompt(latent) for latent in latents]
         return self._decode(prompts, latents, max_new_tokens, temperature, top_p, seed)
@@ -89,6 +93,7 @@ class UniModal:
     def _decode(self, prompts, latents, max_new_tokens, temperature, top_p, seed, use_cache=True) -> list[str]:
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        _check_finite(temperature=temperature, top_p=top_p)
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         generator = torch.Generator().manual_seed(seed)
@@ -101,7 +106,8 @@ class UniModal:
         if isinstance(images, (torch.Tensor,)) and images.dim() == 4:
             images = list(images)
         if not isinstance(images, (list, tuple)):
-            raise TypeError(f"{name} must be a list of images (PIL, numpy or tensor), got {type(images).__name__}")
+            raise TypeError(f"{name} must be a list of images (paths, bytes, PIL, numpy or tensors), "
+                            f"got {type(images).__name__}")
         if not images:
             raise ValueError(f"{name} is empty: pass at least one image")
         pixels = torch.stack([to_model_tensor(image, self.config.image_size) for image in images])
@@ -120,12 +126,14 @@ class UniModal:
         `guidance_scale` 1 disables classifier-free guidance; above 1 the conditional and the
         empty-prompt sequences run in one batch. `scheduler`: "euler" (flow default) or
         "dpmsolver++" (good at few steps); "ddim"/"ddpm" for ddpm models. `output_type`: "pil"
-        (list of PIL images) or "pt" (tensor (N, 3, H, W) in [-1, 1]). `callback(step, num_steps)`,
-        if given, is called after each sampling step (step = 1 .. num_steps), e.g. to drive a progress bar.
+        (list of PIL images) or "pt" (tensor (N, 3, H, W) in [0, 1], the range image inputs are read in).
+        `callback(step, num_steps)`, if given, is called after each sampling step (step = 1 ..
+        num_steps), e.g. to drive a progress bar.
         """
         prompts = _check_texts(prompts, "prompts")
         if not isinstance(num_steps, int) or num_steps <= 0:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        _check_finite(guidance_scale=guidance_scale)
         if guidance_scale < 1.0:
             raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
         if output_type not in ("pil", "pt"):
@@ -157,7 +165,7 @@ class UniModal:
                                  tok.pad_id, use_cache=use_cache, progress=on_step, generator=generators)
         bar.close()
         images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
-        return to_pil(images) if output_type == "pil" else images
+        return to_pil(images) if output_type == "pil" else ((images + 1) / 2).clamp(0, 1)
 
     def _latent_size(self, pixels: int | None, name: str) -> int:
         if pixels is None:
@@ -167,6 +175,13 @@ class UniModal:
             raise ValueError(f"{name} must be a positive multiple of {multiple} (downsample_factor x patch_size), "
                              f"got {pixels!r}")
         return pixels // self.config.downsample_factor
+
+
+def _check_finite(**values: float) -> None:
+    """NaN passes every `<`/`>` check, so each float argument is checked for NaN/inf first."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:

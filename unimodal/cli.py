@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unimodal demo needs gradio: pip install 'unimodal[demo]'")
     if not args.model.is_dir():
         parser.error(f"--model {args.model}: no such folder (pass an exported model folder)")
-    images = [_open_image(parser, path) for path in getattr(args, "images", [])]
+    for path in getattr(args, "images", []):
+        _check_image(parser, path)
+    images = list(getattr(args, "images", []))  # paths: the API decodes them as the training reader does
 
     import torch
 
@@ -112,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _open_image(parser: argparse.ArgumentParser, path: Path) -> Image.Image:
+def _check_image(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Fail before the model loads if an image cannot be decoded (by the project's one input rule)."""
+    from .images import open_image
+
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        open_image(path)
     except FileNotFoundError:
         parser.error(f"image {path}: no such file")
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         parser.error(f"image {path}: cannot read it ({error})")
 
 

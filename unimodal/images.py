@@ -1,15 +1,18 @@
-"""Image conversion at the API boundary: many user formats in, model tensors out; grids for people."""
+"""Images in and out: the one decoding rule for every image that enters the project (`open_image`,
+`to_model_tensor`), model tensors back to PIL, and labelled grids for people."""
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 GRID_PADDING = 4  # pixels of background around and between cells
 LABEL_FONT_SIZE = 12  # Pillow's default font (Aileron) at 12 px fits ~20 characters in 128 px
@@ -18,49 +21,140 @@ BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (0, 0, 0)
 
 
-def to_model_tensor(image: Any, size: int) -> torch.Tensor:
-    """One image -> (3, size, size) float in [-1, 1].
+# ---- the input rule: every image that enters the project is decoded here ----
+# Alpha is composited on white, as transformers' image processors do (`image_transforms.convert_to_rgb`).
+ALPHA_BACKGROUND = 255
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+ImageSource = Any  # path, bytes, binary file, PIL image, numpy array or tensor (see `to_model_tensor`)
 
-    Accepts a PIL image (any mode), a numpy array or a tensor shaped (H, W), (H, W, 3|4), (3|4, H, W)
-    or (1, 3, H, W). uint8 is read as [0, 255]; floats as [0, 1], or [-1, 1] when they hold negatives.
-    Non-square images are resized on their shorter side and center-cropped; any size is accepted.
+
+def open_image(source: str | os.PathLike | bytes | IO[bytes] | Image.Image, draft_size: int | None = None
+               ) -> Image.Image:
+    """A path, encoded bytes, a binary file or a PIL image -> an upright 8-bit RGB PIL image.
+
+    The one input rule of the project (the shard reader, the API, the CLI, the evaluation and the
+    shard writers all call this):
+    - EXIF orientation is applied first (`PIL.ImageOps.exif_transpose`), so photos come out upright.
+    - Transparency (RGBA, LA, PA, premultiplied RGBa/La, and P/L/RGB images with a `transparency`
+      entry) is composited on a white background.
+    - 16-bit grey (I;16*) is scaled to 8 bits (value / 257, rounded): never clipped. 32-bit integer
+      grey (I) is read as 16-bit values and must lie in [0, 65535]; float grey (F) must lie in
+      [0, 1]; otherwise ValueError, since their range cannot be known.
+    - Every other mode (1-bit, L, P, CMYK, YCbCr, LAB, HSV, RGBX) goes through Pillow's
+      `convert("RGB")` (CMYK without colour management).
+    `draft_size` lets a JPEG decode at 1/2..1/8 scale when both sides stay >= draft_size (paths and
+    bytes only; the training reader passes its image size). Raises what Pillow raises for bytes it
+    cannot decode (OSError, SyntaxError, ...); the image is fully decoded before it is returned.
     """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    with Image.open(source) as image:
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(None, (draft_size, draft_size))  # a square request, so EXIF rotation does not matter
+        return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)  # a copy, fully loaded, without the Orientation tag
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.array(image, dtype=np.int64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a 32-bit integer image (mode I) must hold 16-bit values in [0, 65535], got "
+                             f"[{values.min()}, {values.max()}]")
+        grey = np.round(values / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        values = np.array(image, dtype=np.float64)
+        return Image.fromarray(_float_to_uint8(values, "a float image (mode F)"), "L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _float_to_uint8(values: np.ndarray, what: str) -> np.ndarray:
+    _check_unit_range(torch.from_numpy(values), what)
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
+
+
+# Float images a resize or a colour transform made may overshoot [0, 1] by rounding.
+_FLOAT_TOLERANCE = 1e-3
+
+
+def _check_unit_range(values: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    if values.numel() and (values.min() < -_FLOAT_TOLERANCE or values.max() > 1 + _FLOAT_TOLERANCE):
+        raise ValueError(f"{what} must lie in [0, 1] (floats are read as [0, 1], as in torchvision), got values in "
+                         f"[{float(values.min()):.3f}, {float(values.max()):.3f}]; map [-1, 1] images with (x + 1) / 2")
+
+
+def to_model_tensor(image: ImageSource, size: int) -> torch.Tensor:
+    """One image -> (3, size, size) float in [-1, 1], the model's input.
+
+    Accepts a path, encoded bytes or a PIL image (any mode; decoded by `open_image`, the project's
+    one input rule), or a numpy array / tensor shaped (H, W), (H, W, C), (C, H, W) or (1, C, H, W)
+    with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA). The value range follows the dtype,
+    never the pixel values: uint8 is [0, 255], uint16 [0, 65535], bool {0, 1}, floats [0, 1] (as
+    in torchvision, and as `UniModal.generate(output_type="pt")` returns them). Alpha is composited
+    on white, as in `open_image`. Raises ValueError for floats outside [0, 1] (beyond rounding),
+    NaN or inf, and for other shapes; TypeError for other dtypes or types. Non-square images are
+    resized on their shorter side and center-cropped; any size is accepted. Paths and bytes let a
+    JPEG decode at reduced scale exactly as the training reader does.
+    """
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        image = open_image(image, draft_size=size)
     if isinstance(image, Image.Image):
         # np.array, not asarray: PIL's buffer is read-only and torch warns about wrapping it.
-        tensor = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255.0
+        tensor = torch.from_numpy(np.array(open_image(image))).permute(2, 0, 1).float() / 255.0
     elif isinstance(image, (np.ndarray, torch.Tensor)):
-        # ascontiguousarray: flipped views (e.g. BGR -> RGB as img[..., ::-1]) have negative strides,
-        # which torch cannot wrap.
-        tensor = _array_to_chw(torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray)
-                                               else image))
+        tensor = _array_to_chw(image)
     else:
-        raise TypeError(f"expected a PIL.Image, numpy array or torch.Tensor, got {type(image).__name__}")
-    if tensor.min() >= 0:
-        tensor = tensor * 2 - 1
-    return _resize_center_crop(tensor, size).clamp(-1, 1)
+        raise TypeError(f"expected a path, bytes, PIL.Image, numpy array or torch.Tensor, got {type(image).__name__}")
+    return _resize_center_crop(tensor * 2 - 1, size).clamp(-1, 1)
 
 
-def _array_to_chw(array: torch.Tensor) -> torch.Tensor:
-    array = array.detach().cpu()
+def _array_to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An array -> (3, H, W) float in [0, 1] by its dtype (see `to_model_tensor`)."""
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint16:  # torch has no general uint16 support: convert here
+            image = image.astype(np.float32) / 65535.0
+        # A contiguous, writable copy when needed: flipped views (BGR -> RGB as img[..., ::-1]) have
+        # negative strides, and arrays of PIL buffers are read-only; torch wraps neither.
+        array = torch.from_numpy(np.require(image, requirements=["C", "W"]))
+    else:
+        array = image.detach().cpu()
     if array.dim() == 4 and array.shape[0] == 1:
         array = array[0]
     if array.dim() == 2:
-        array = array[None].expand(3, -1, -1)
+        array = array[None]
     if array.dim() != 3:
         raise ValueError(f"an image array must be (H, W), (H, W, C) or (C, H, W); got shape {tuple(array.shape)}")
-    if array.shape[0] not in (1, 3, 4) and array.shape[-1] in (1, 3, 4):
+    if array.shape[0] not in (1, 2, 3, 4) and array.shape[-1] in (1, 2, 3, 4):
         array = array.permute(2, 0, 1)  # HWC -> CHW
-    if array.shape[0] == 1:
-        array = array.expand(3, -1, -1)
-    if array.shape[0] == 4:
-        array = array[:3]  # drop alpha
-    if array.shape[0] != 3:
-        raise ValueError(f"an image needs 1, 3 or 4 channels; got shape {tuple(array.shape)}")
+    if array.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"an image needs 1, 2, 3 or 4 channels; got shape {tuple(array.shape)}")
     if array.dtype == torch.uint8:
-        return array.float() / 255.0
-    if not torch.is_floating_point(array):
-        raise TypeError(f"image arrays must be uint8 or float, got {array.dtype}")
-    return array.float()
+        array = array.float() / 255.0
+    elif array.dtype == torch.uint16:
+        array = array.float() / 65535.0
+    elif array.dtype == torch.bool:
+        array = array.float()
+    elif torch.is_floating_point(array):
+        array = array.float()
+        _check_unit_range(array, "a float image")
+        array = array.clamp(0, 1)
+    else:
+        raise TypeError(f"image arrays must be uint8, uint16, bool or float, got {array.dtype}")
+    if array.shape[0] in (2, 4):  # composite the last channel (alpha) on white, as open_image does
+        colour, alpha = array[:-1], array[-1:]
+        array = colour * alpha + (ALPHA_BACKGROUND / 255.0) * (1 - alpha)
+    return array.expand(3, -1, -1) if array.shape[0] == 1 else array
 
 
 def _resize_center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:

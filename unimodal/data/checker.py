@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimodal.images import open_image
+
 from .synthetic import POSITION_PHRASES, POSITIONS, SceneObject, WorldConfig, shape_mask
 
 ATTRIBUTES = ("count", "colour", "shape", "position", "size")
@@ -53,8 +55,8 @@ def as_objects(objects: Iterable[SceneObject | Mapping[str, str]]) -> list[Scene
 
 def to_uint8_rgb(image: Any) -> np.ndarray:
     """PIL image, (H, W, 3) uint8 array, or (3, H, W) float tensor/array in [-1, 1] -> (H, W, 3) uint8."""
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert"):  # PIL: the project's one input rule
+        return np.asarray(open_image(image))
     array = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]

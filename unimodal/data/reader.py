@@ -189,7 +189,8 @@ class ShardStream(IterableDataset):
             yield examples, keys
 
     def _example(self, raw: RawSample, stream: int, position: int, counter: SkipCounter):
-        decoded = decode_sample(raw, self.config.image_size, counter, latents=self.config.latents)
+        decoded = decode_sample(raw, self.config.image_size, counter, latents=self.config.latents,
+                                rng=random.Random("caption:" + self._key(stream, position)))
         if decoded is None:
             return None
         made = self.tasks.example(random.Random("task:" + self._key(stream, position)), decoded.image,

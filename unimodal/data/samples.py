@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from unimodal.images import to_model_tensor
 
@@ -38,13 +38,10 @@ def image_suffix(raw: RawSample) -> str | None:
 
 
 def decode_image(data: bytes, image_size: int) -> torch.Tensor:
-    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1] (resize shorter side,
-    center-crop; `unimodal.images.to_model_tensor` does the same at inference)."""
-    with Image.open(io.BytesIO(data)) as image:
-        # JPEG can decode at 1/2..1/8 scale for free when the target is much smaller.
-        image.draft("RGB", (image_size, image_size))
-        rgb = np.array(image.convert("RGB"))  # (H, W, 3) uint8, writable (torch warns on read-only)
-    return to_model_tensor(rgb, image_size)
+    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1]: the project's one input
+    rule (`unimodal.images.open_image`: EXIF orientation, alpha on white, 16-bit scaled), then resize
+    on the shorter side and center-crop, exactly as `UniModal.caption` does for the same bytes."""
+    return to_model_tensor(data, image_size)
 
 
 def decode_latent(data: bytes) -> torch.Tensor:
@@ -54,15 +51,48 @@ def decode_latent(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32, copy=False))
 
 
-def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter,
-                  latents: bool = False) -> DecodedSample | None:
-    """Decode one raw sample, or count why it is skipped and return None."""
-    where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+def _json_captions(raw: RawSample) -> list[str]:
+    """The non-empty captions of KEY.json: its "caption" string, else its "captions" list."""
+    try:
+        metadata = json.loads(raw["json"]) if "json" in raw else {}
+    except ValueError:
+        return []  # counted as bad_json below
+    if not isinstance(metadata, dict):
+        return []
+    found = metadata.get("caption")
+    found = [found] if isinstance(found, str) else metadata.get("captions")
+    return [c.strip() for c in found if isinstance(c, str) and c.strip()] if isinstance(found, list) else []
+
+
+def sample_caption(raw: RawSample, rng: random.Random | None = None) -> str:
+    """The caption of a raw sample: KEY.txt (UTF-8) when present and non-empty, else KEY.json's
+    "caption", else one of KEY.json's "captions" list (drawn with `rng`; the first without one, as
+    the eval suites do, which keep them all as references). "" when there is none."""
     caption = raw.get("txt", b"")
     try:
         caption = caption.decode("utf-8").strip() if isinstance(caption, bytes) else str(caption).strip()
     except UnicodeDecodeError:
         caption = ""
+    if caption:
+        return caption
+    captions = _json_captions(raw)
+    if not captions:
+        return ""
+    return captions[rng.randrange(len(captions))] if rng is not None else captions[0]
+
+
+def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter,
+                  latents: bool = False, rng: random.Random | None = None) -> DecodedSample | None:
+    """Decode one raw sample, or count why it is skipped and return None.
+
+    Accepted: an image (KEY.png|jpg|jpeg|webp, suffixes in any case, decoded by the project's one
+    input rule `unimodal.images.open_image`) or KEY.latent.npy with `latents`, a caption
+    (`sample_caption`: KEY.txt or KEY.json "caption"/"captions"; `rng` draws among several) and an
+    optional KEY.json object. Skipped and counted: missing_caption, missing_image/missing_latent,
+    bad_json, corrupt_image/corrupt_latent.
+    """
+    where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
+    caption = sample_caption(raw, rng)
     if not caption:
         counter.skip(skips.MISSING_CAPTION, where)
         return None

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unimodal.images import open_image
+
 from . import skips
 from .synthetic import World
 
@@ -52,11 +54,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def checked_image(data: bytes, where: str) -> tuple[bytes, str] | Skip:
-    """Decode once to make sure the bytes are a whole image; keep PNG/JPEG/WebP bytes as they are."""
+    """Decode once by the project's input rule (`unimodal.images.open_image`) to make sure the bytes
+    are a whole, readable image; PNG/JPEG/WebP bytes are kept as they are (the reader applies the
+    same rule to them), other formats (TIFF, BMP, GIF, ...) are stored as the PNG of that decoding.
+    Undecodable bytes (or an I/F image out of range) are a `corrupt_image` Skip."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format = image.format
-            rgb = image.convert("RGB")  # forces a full decode: truncated files fail here
+        rgb = open_image(data)  # a full decode: truncated files fail here
     except Exception as exn:
         return Skip(skips.CORRUPT_IMAGE, f"{where}: {type(exn).__name__}: {exn}")
     if image_format in PIL_FORMAT_SUFFIX:

