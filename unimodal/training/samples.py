@@ -63,7 +63,7 @@ class SampleWriter:
                 image_grid(generated, self.samples.prompts, max_label_lines=5).save(path)
                 written["generate"], texts["prompts"] = str(path), self.samples.prompts
             if len(self.samples.images):
-                captions = api.caption(list(self.samples.images))
+                captions = api.caption(list((self.samples.images + 1) / 2))  # decoded [-1, 1] -> the API's [0, 1]
                 labels = [f"model: {c} / true: {r}" for c, r in zip(captions, self.samples.references)]
                 path = stem.with_name(stem.name + "_caption.png")
                 image_grid(to_pil(self.samples.images), labels, max_label_lines=7).save(path)
