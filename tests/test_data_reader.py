@@ -304,3 +304,108 @@ def test_fewer_shards_than_workers_finishes(tmp_path, tokenizer, layout, caplog)
     loader = build_train_loader(config(one, num_workers=2, resampled=False), tokenizer, layout)
     assert "some workers get no shard" in caplog.text
     assert sum(batch.input_ids.shape[0] for batch in loader) == 6
+
+
+# ---- class-labelled shards: KEY.jpg + KEY.cls (an integer) and no caption, as ImageNet-style sets are stored
+CLASS_NAMES = ["red circle", "blue square", "green triangle"]
+CLASS_SHARD = [  # (key, files, expected caption or the skip reason)
+    ("a", {"jpg": _jpeg(10), "cls": b"0"}, "a photo of a red circle"),
+    ("b", {"png": _png(20), "cls": b" 2\n"}, "a photo of a green triangle"),
+    ("c", {"png": _png(30), "txt": b"own caption", "cls": b"1"}, "own caption"),  # KEY.txt first
+    ("d", {"png": _png(40), "json": b'{"caption": "json caption"}', "cls": b"x"}, "json caption"),  # then json
+    ("e", {"png": _png(50), "cls": b"seven"}, "bad_class"),
+    ("f", {"png": _png(60), "cls": b"3"}, "class_out_of_range"),
+    ("g", {"png": _png(70), "cls": b"-1"}, "class_out_of_range"),
+    ("h", {"jpg": _jpeg(80), "cls": b"1"}, "a photo of a blue square"),
+]
+SKIP_REASONS = ("bad_class", "class_out_of_range")
+
+
+@pytest.fixture
+def class_shard(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CLASS_NAMES) + "\n")
+    url = _tar(tmp_path / "cls.tar", [(f"{key}.{suffix}", data) for key, files, _ in CLASS_SHARD
+                                      for suffix, data in files.items()])
+    return url, str(names)
+
+
+def test_class_labelled_samples_are_captioned_from_the_names_file(class_shard):
+    from unimodal.data.skips import SkipCounter
+
+    url, names = class_shard
+    counter = SkipCounter()
+    samples = list(iter_samples(url, 16, counter=counter, classes=DataConfig(class_names=names).class_captions()))
+    assert [(s.key, s.caption) for s in samples] == [(k, c) for k, _, c in CLASS_SHARD if c not in SKIP_REASONS]
+    assert counter.as_dict() == {"bad_class": 1, "class_out_of_range": 2}
+
+
+def test_class_labelled_shards_train_to_the_class_captions(class_shard):
+    """Through the training reader (a worker process): caption examples whose LM targets decode to
+    exactly the class captions, and the bad labels counted by reason."""
+    url, names = class_shard
+    expected = sorted(c for _, _, c in CLASS_SHARD if c not in SKIP_REASONS)
+    world = World()
+    texts = [world.sample(i).caption for i in range(100)] + expected
+    tokenizer = Tokenizer.train(texts, vocab_size=200)
+    layout = SequenceLayout(tokenizer, IMAGE_TOKENS)
+    cfg = config(url, class_names=names, num_workers=1, resampled=False, batch_size=2, image_size=16,
+                 task_weights={"caption": 1.0, "vqa": 0.0, "generation": 0.0}, caption_dropout=0.0)
+    loader = build_train_loader(cfg, tokenizer, layout)
+    captions = []
+    for batch in loader:
+        for labels in batch.lm_labels:
+            ids = [int(t) for t in labels if t != -100 and t != tokenizer.eos_id]
+            captions.append(tokenizer.decode(ids))
+    assert sorted(captions) == expected
+    assert loader.skipped == {"bad_class": 1, "class_out_of_range": 2}
+
+
+def test_class_labels_without_names_are_skipped_with_what_to_set(class_shard, caplog, monkeypatch):
+    from unimodal.data import classes
+    from unimodal.data.skips import SkipCounter
+
+    monkeypatch.setattr(classes, "_warned_unconfigured", False)
+    url, _ = class_shard
+    counter = SkipCounter()
+    with caplog.at_level(logging.WARNING, logger="data"):
+        samples = list(iter_samples(url, 16, counter=counter))
+    assert [s.caption for s in samples] == ["own caption", "json caption"]
+    assert counter.as_dict() == {"missing_class_names": 6}
+    advice = [r.getMessage() for r in caplog.records if "set data.class_names" in r.getMessage()
+              and "skipped missing_class_names" not in r.getMessage()]
+    assert len(advice) == 1 and f"{url}:a" in advice[0]  # once, naming the first key
+
+
+def test_a_json_list_of_class_names_and_a_custom_template(tmp_path):
+    import json
+
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps(CLASS_NAMES))
+    classes = DataConfig(class_names=str(path), class_caption_template="{name}, a class").class_captions()
+    assert classes.names == tuple(CLASS_NAMES) and classes.caption(1) == "blue square, a class"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is empty"),
+    ("\n", "line 1 .class 0. is blank"),
+    ("tench\n\ngoldfish\n", "line 2 .class 1. is blank"),
+    ("tench\n   \n", "line 2 .class 1. is blank"),
+])
+def test_class_names_file_must_name_every_class(tmp_path, text, message):
+    path = tmp_path / "names.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"names.txt.*{message}"):
+        DataConfig(class_names=str(path)).class_captions()
+
+
+def test_bad_class_names_settings_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="not found: .*missing.txt"):
+        DataConfig(class_names=str(tmp_path / "missing.txt")).class_captions()
+    (tmp_path / "names.json").write_text('["tench", " "]')
+    with pytest.raises(ValueError, match=r"names.json: item 1 \(class 1\)"):
+        DataConfig(class_names=str(tmp_path / "names.json")).class_captions()
+    with pytest.raises(ValueError, match="must contain {name}"):
+        DataConfig(class_caption_template="a photo")
+    with pytest.raises(ValueError, match="only field is {name}"):
+        DataConfig(class_caption_template="a {name} of {kind}")

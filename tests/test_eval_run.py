@@ -241,3 +241,49 @@ def test_usage_errors_exit_with_status_2_and_a_message(export, tmp_path, capsys,
         argv += ["--model", str(export)]
     assert run.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+class Echo:
+    """Captions every image with a fixed text; generates grey images. Enough for the shards suite."""
+
+    config = ModelConfig.preset("debug", image_size=32, vocab_size=300)
+
+    def caption(self, images, max_new_tokens=32):
+        return ["a photo of a blue square"] * len(images)
+
+    def answer(self, images, questions, max_new_tokens=16):
+        return ["no"] * len(images)
+
+    def generate(self, prompts, num_steps=25, guidance_scale=3.0, seed=0):
+        return [Image.new("RGB", (32, 32), (128, 128, 128)) for _ in prompts]
+
+
+def test_class_labelled_shards_are_scored_against_the_captions_training_reads(tmp_path):
+    """KEY.png + KEY.cls, no caption: with --class-names the suite's references are exactly the
+    captions the training reader decodes; without it the samples are skipped, saying why."""
+    from unimodal.data import DataConfig, iter_samples
+
+    names = tmp_path / "names.txt"
+    names.write_text("red circle\nblue square\n")
+    world = World()
+    with tarfile.open(tmp_path / "cls.tar", "w") as tar:
+        for i, label in enumerate([b"1", b"0", b"1", b"5"]):  # the last is out of range
+            _add(tar, f"k{i}.png", _png(world.sample(i, "eval").image))
+            _add(tar, f"k{i}.cls", label)
+    data = str(tmp_path / "cls.tar")
+    trained = [s.caption for s in iter_samples(data, 32, classes=DataConfig(class_names=str(names)).class_captions())]
+    assert trained == ["a photo of a blue square", "a photo of a red circle", "a photo of a blue square"]
+
+    args = run._parser().parse_args(["--model", str(tmp_path), "--suite", "shards", "--data", data, "--no-fid",
+                                     "--class-names", str(names), "--num-steps", "1", "--no-progress",
+                                     "--out", str(tmp_path / "eval")])
+    metrics = run.run_suite(Echo(), run.config_from_args(args))
+    lines = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in lines if p["task"] == "caption"] == [[c] for c in trained]
+    assert [p["prompt"] for p in lines if p["task"] == "generation"] == trained
+    assert metrics["caption_exact"] == pytest.approx(2 / 3) and metrics["skipped_class_out_of_range"] == 1
+    with pytest.raises(ValueError, match="no usable sample.*missing_class_names.*--class-names"):
+        run.run_suite(Echo(), dataclasses.replace(run.config_from_args(args), class_names=None))
+    names.write_text("")
+    with pytest.raises(ValueError, match="names.txt is empty"):
+        run.config_from_args(args).check_inputs()

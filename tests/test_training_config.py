@@ -131,3 +131,17 @@ def test_warmup_cosine():
 def test_shipped_configs_load(name):
     config = load_run_config(CONFIGS / name)
     assert config.schedule.total_steps > 0
+
+
+def test_a_bad_class_names_file_is_a_config_error_and_the_final_eval_reads_the_same_names(tmp_path, capsys):
+    from unimodal.training import train
+
+    blank = tmp_path / "names.txt"
+    blank.write_text("tench\n\n")
+    assert train.main(["--dry-run", f"data.class_names={blank}"]) == train.EXIT_CONFIG
+    assert "names.txt: line 2 (class 1) is blank" in capsys.readouterr().err
+    blank.write_text("tench\ngoldfish\n")
+    config = run_config_from_dict({"data": {"class_names": str(blank), "class_caption_template": "{name}"},
+                                   "eval": {"final": {"suite": "shards"}}})
+    final = train.eval_config(config, tmp_path)
+    assert (final.class_names, final.class_caption_template) == (str(blank), "{name}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from unimodal.config import config_from_dict
 
+from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
 from .tasks import TASKS
 
 
@@ -21,6 +22,12 @@ class DataConfig:
     # layout (KEY.png|jpg|webp + KEY.txt [+ KEY.json]) works as it is.
     train_shards: str | list[str] = ""
     image_size: int = 32  # images are resized (shorter side) and center-cropped to this
+    # Class-labelled sets (ImageNet-style KEY.jpg + KEY.cls, an integer class index, no caption): a
+    # file of class names, one per line (line 1 names class 0), or a .json list of names. A sample
+    # without a caption of its own (KEY.txt, KEY.json) is captioned `class_caption_template` with
+    # its class name; without this file such samples are skipped (missing_class_names).
+    class_names: str | None = None
+    class_caption_template: str = CLASS_CAPTION_TEMPLATE  # "{name}" is replaced by the class name
     latents: bool = False  # read KEY.latent.npy (unimodal.data.cache_latents) instead of images, as stored
     batch_size: int = 32  # per rank
     num_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the main process
@@ -61,6 +68,17 @@ class DataConfig:
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
         return config_from_dict(cls, values)
 
+    def class_captions(self) -> ClassCaptions | None:
+        """The class names of `class_names` with the caption template, or None when it is unset.
+        The file is read and checked (`unimodal.data.classes.load_class_names`: ValueError naming
+        the file and line when it is missing, empty or has a blank name) on the first call only."""
+        key = (self.class_names, self.class_caption_template)
+        cached = getattr(self, "_class_captions", None)
+        if cached is None or cached[0] != key:
+            cached = (key, load_class_captions(self.class_names, self.class_caption_template))
+            self._class_captions = cached  # not a field: never saved, compared or merged
+        return cached[1]
+
     def validate(self) -> None:
         positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
                     "shuffle_buffer", "length_buckets", "bucket_row_multiple", "length_multiple"]
@@ -74,5 +92,9 @@ class DataConfig:
             raise ValueError(f"DataConfig.task_weights has unknown task(s) {unknown}; tasks are {TASKS}")
         if any(w < 0 for w in self.task_weights.values()) or sum(self.task_weights.values()) <= 0:
             raise ValueError(f"DataConfig.task_weights must be >= 0 with a positive sum, got {self.task_weights}")
+        if self.class_names is not None and not (isinstance(self.class_names, str) and self.class_names.strip()):
+            raise ValueError(f"DataConfig.class_names must be a path to a class names file or null, "
+                             f"got {self.class_names!r}")
+        check_template(self.class_caption_template, "DataConfig.class_caption_template")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"DataConfig.caption_dropout must lie in [0, 1], got {self.caption_dropout}")

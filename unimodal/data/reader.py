@@ -21,6 +21,8 @@ How it is built (one rank):
   to that position without decoding anything (tar reads and buffer shuffles only, counting muted),
   and worker 0 plays the stream that was due next, so the batch sequence continues exactly.
 - Skips are counted in each worker and sent with every batch; `ShardLoader.skipped` sums them.
+- Captions: KEY.txt, else KEY.json "caption"/"captions", else, for class-labelled sets, KEY.cls named
+  by `DataConfig.class_names` (read once, when the loader is built; `unimodal.data.classes`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from unimodal.layout import Batch, SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
+from .classes import ClassCaptions
 from .config import DataConfig
 from .samples import DecodedSample, decode_sample
 from .shards import RawSample, expand_shards, iter_shard, iter_shards
@@ -90,6 +93,7 @@ class ShardStream(IterableDataset):
         self.layout = layout
         self.rank = rank
         self.world_size = world_size
+        self.classes = config.class_captions()  # names read once here; the workers get them with the dataset
         self.tasks = TaskMixture(layout, config.task_weights, config.caption_dropout, config.max_text_tokens,
                                  config.vqa_turns)
         self.plan = EpochPlan(epoch=0, num_streams=1)
@@ -190,7 +194,7 @@ class ShardStream(IterableDataset):
 
     def _example(self, raw: RawSample, stream: int, position: int, counter: SkipCounter):
         decoded = decode_sample(raw, self.config.image_size, counter, latents=self.config.latents,
-                                rng=random.Random("caption:" + self._key(stream, position)))
+                                rng=random.Random("caption:" + self._key(stream, position)), classes=self.classes)
         if decoded is None:
             return None
         made = self.tasks.example(random.Random("task:" + self._key(stream, position)), decoded.image,
@@ -354,10 +358,12 @@ def build_train_loader(config: DataConfig, tokenizer: Tokenizer, layout: Sequenc
 
 
 def iter_samples(shards: str | Sequence[str], image_size: int, latents: bool = False,
-                 counter: SkipCounter | None = None) -> Iterator[DecodedSample]:
-    """Every usable sample of `shards`, in order, decoded in this process (eval, latent caching)."""
+                 counter: SkipCounter | None = None, classes: ClassCaptions | None = None) -> Iterator[DecodedSample]:
+    """Every usable sample of `shards`, in order, decoded in this process (eval, latent caching).
+    `classes` captions class-labelled samples (KEY.cls without a caption), as in training
+    (`DataConfig.class_captions()`); without it they are skipped as missing_class_names."""
     counter = counter or SkipCounter()
     for raw in iter_shards(expand_shards(shards), counter):
-        decoded = decode_sample(raw, image_size, counter, latents=latents)
+        decoded = decode_sample(raw, image_size, counter, latents=latents, classes=classes)
         if decoded is not None:
             yield decoded

@@ -19,6 +19,7 @@ import torch
 from unimodal.images import to_model_tensor
 
 from . import skips
+from .classes import CLASS_SUFFIX, ClassCaptions, class_caption
 from .shards import RawSample
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")  # looked up in this order
@@ -81,18 +82,24 @@ def sample_caption(raw: RawSample, rng: random.Random | None = None) -> str:
     return captions[rng.randrange(len(captions))] if rng is not None else captions[0]
 
 
-def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter,
-                  latents: bool = False, rng: random.Random | None = None) -> DecodedSample | None:
+def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter, latents: bool = False,
+                  rng: random.Random | None = None, classes: ClassCaptions | None = None) -> DecodedSample | None:
     """Decode one raw sample, or count why it is skipped and return None.
 
     Accepted: an image (KEY.png|jpg|jpeg|webp, suffixes in any case, decoded by the project's one
     input rule `unimodal.images.open_image`) or KEY.latent.npy with `latents`, a caption
-    (`sample_caption`: KEY.txt or KEY.json "caption"/"captions"; `rng` draws among several) and an
-    optional KEY.json object. Skipped and counted: missing_caption, missing_image/missing_latent,
+    (`sample_caption`: KEY.txt or KEY.json "caption"/"captions"; `rng` draws among several; else,
+    for a class-labelled sample, KEY.cls named by `classes`: `unimodal.data.classes`) and an optional
+    KEY.json object. Skipped and counted: missing_caption, missing_class_names/bad_class/
+    class_out_of_range (a KEY.cls that `classes` cannot name), missing_image/missing_latent,
     bad_json, corrupt_image/corrupt_latent.
     """
     where = f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}"
     caption = sample_caption(raw, rng)
+    if not caption and CLASS_SUFFIX in raw:
+        caption = class_caption(raw, classes, counter, where)
+        if caption is None:
+            return None
     if not caption:
         counter.skip(skips.MISSING_CAPTION, where)
         return None

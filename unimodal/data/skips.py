@@ -17,7 +17,10 @@ logger = logging.getLogger("data")
 # Reasons, one word each, as they appear in `ShardLoader.skipped` and the writer's summary.
 CORRUPT_IMAGE = "corrupt_image"  # image bytes that PIL cannot decode
 MISSING_IMAGE = "missing_image"  # a sample with no KEY.png|jpg|jpeg|webp (or a missing file when writing)
-MISSING_CAPTION = "missing_caption"  # no non-empty KEY.txt, nor a KEY.json "caption"/"captions"
+MISSING_CAPTION = "missing_caption"  # no non-empty KEY.txt, nor a KEY.json "caption"/"captions", nor a KEY.cls
+MISSING_CLASS_NAMES = "missing_class_names"  # a KEY.cls (and no caption) but no DataConfig.class_names to name it
+BAD_CLASS = "bad_class"  # a KEY.cls that is not an integer
+CLASS_OUT_OF_RANGE = "class_out_of_range"  # a KEY.cls with no line in the class names file
 BAD_JSON = "bad_json"  # KEY.json that is not a JSON object
 MISSING_LATENT = "missing_latent"  # DataConfig.latents=True but no KEY.latent.npy
 CORRUPT_LATENT = "corrupt_latent"  # KEY.latent.npy that numpy cannot load

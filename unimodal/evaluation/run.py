@@ -6,7 +6,7 @@ Command line (writes metrics.json, summary.md, PNG grids and predictions.jsonl i
         [--num-steps 25] [--guidance-scale 3.0] [--scheduler euler] [--batch-size 50] [--seed 0]
         [--qa-per-image 5] [--fid] [--feature-path FILE] [--world-config world.yaml] [--world-seed 0]
     python -m unimodal.evaluation --model runs/tiny/export --suite shards --data 'DIR/{000000..000003}.tar'
-        [--num-samples N] [--no-fid] ...
+        [--num-samples N] [--no-fid] [--class-names names.txt] ...
 
 Suites:
 - `shapes`: the synthetic world (`unimodal.evaluation.shapes_suite`): captions (exact, BLEU-4, CIDEr-D), VQA, and
@@ -16,7 +16,8 @@ Suites:
   CPU cores): the suite `configs/tiny.yaml` runs at the end of training.
 - `shards`: any shard set in the webdataset layout (`unimodal.evaluation.shards_suite`): captions and VQA against
   the shards' text, FID/KID of images generated from the captions (on by default, --no-fid),
-  corrupt samples skipped and counted.
+  corrupt samples skipped and counted. Class-labelled shards (KEY.cls, no caption) need
+  --class-names (one name per line; [--class-caption-template "a photo of a {name}"]), as in training.
 
 The synthetic world must be the one the model was trained on: --world-config (YAML/JSON of
 `unimodal.data.synthetic.WorldConfig` fields) wins, else `world.json` in the model folder, else the default.
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unimodal.data.classes import CLASS_CAPTION_TEMPLATE, check_template, load_class_captions
 from unimodal.data.synthetic import WorldConfig
 
 from .shapes_suite import run_shapes
@@ -76,6 +78,10 @@ class EvalConfig:
 
     suite: str = "tiny"  # one of SUITES
     data: str | None = None  # shards of the `shards` suite: a brace pattern, a folder of .tar files, or "a::b"
+    # Class-labelled shards (KEY.cls, no caption): names, one per line (line 1 = class 0) or a .json
+    # list, and the caption template, as `DataConfig.class_names` / `class_caption_template` in training.
+    class_names: str | None = None
+    class_caption_template: str = CLASS_CAPTION_TEMPLATE
     out_dir: str | None = None  # metrics.json, summary.md, grids, predictions.jsonl; None = no files
     num_samples: int | None = None  # scenes or shard samples; None = the suite's default (SUITES)
     qa_per_image: int | None = None  # questions per image, 0 = all; None = the suite's default (SUITES)
@@ -96,6 +102,9 @@ class EvalConfig:
             raise ValueError(f"unknown suite {self.suite!r}; choose one of {sorted(SUITES)}")
         if self.suite != "shards" and self.data:
             raise ValueError(f"data (--data) is only read by the shards suite, not {self.suite!r}")
+        if self.suite != "shards" and self.class_names:
+            raise ValueError(f"class_names (--class-names) is only read by the shards suite, not {self.suite!r}")
+        check_template(self.class_caption_template, "class_caption_template")
         for name in ("num_steps", "batch_size", "max_caption_tokens", "num_samples"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -105,9 +114,11 @@ class EvalConfig:
 
     def check_inputs(self) -> None:
         """The checks that look at files, apart from construction so a config can be written for
-        another machine; raises ValueError if `shards` lacks data or feature_path is not a file."""
+        another machine; raises ValueError if `shards` lacks data, feature_path is not a file, or the
+        class_names file is missing, empty or has a blank line."""
         if self.suite == "shards" and not self.data:
             raise ValueError("the shards suite needs --data (EvalConfig.data), e.g. 'shards/eval/{000000..000003}.tar'")
+        load_class_captions(self.class_names, self.class_caption_template)
         if self.feature_path and not Path(self.feature_path).is_file():
             raise ValueError(f"feature_path (--feature-path) {self.feature_path} is not a file")
 
@@ -123,9 +134,10 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
         title: heading of summary.md (default: the suite and its sampling settings).
 
     Raises:
-        ValueError: `shards` without data, a missing feature_path, or a bad world_config file.
+        ValueError: `shards` without data, a missing feature_path, a bad class_names or world_config file.
     """
     config.check_inputs()
+    classes = load_class_captions(config.class_names, config.class_caption_template)
     defaults = SUITES[config.suite]
     num_samples = config.num_samples if config.num_samples is not None else defaults["num_samples"]
     qa_per_image = config.qa_per_image if config.qa_per_image is not None else defaults["qa_per_image"]
@@ -145,7 +157,7 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
         return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, config.feature_path,
                           config.world_seed, out, title)
     return run_shards(model, config.data, model.config.image_size, num_samples, settings, qa_per_image, fid,
-                      config.feature_path, world_config, out, title)
+                      config.feature_path, world_config, out, title, classes)
 
 
 def evaluate_shapes(model, num_samples: int = 32, num_steps: int = 25, world_config: WorldConfig | None = None,
@@ -187,6 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, help=f"one of {sorted(SUITES)}")
     p.add_argument("--data", help="shards for --suite shards: a brace pattern, a directory of .tar files, "
                                   "or several patterns joined by '::'")
+    p.add_argument("--class-names", help="class-labelled shards (KEY.cls, no caption): a file of class names, one "
+                                         "per line (line 1 names class 0), or a .json list")
+    p.add_argument("--class-caption-template", default=CLASS_CAPTION_TEMPLATE,
+                   help="caption of a class-labelled sample; {name} is its class name (default: %(default)r)")
     p.add_argument("--out", help="output folder (default: <model>/eval-<suite>)")
     p.add_argument("--num-samples", type=int, help="scenes (shapes: 200, tiny: 50) or shard samples (all)")
     p.add_argument("--qa-per-image", type=int, help="questions per image, 0 = all (shapes 5, tiny 3, shards 0)")
@@ -216,6 +232,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if world is None and (Path(args.model) / WORLD_FILENAME).is_file():
         world = str(Path(args.model) / WORLD_FILENAME)
     return EvalConfig(suite=args.suite, data=args.data, out_dir=args.out or str(Path(args.model) / f"eval-{args.suite}"),
+                      class_names=args.class_names, class_caption_template=args.class_caption_template,
                       num_samples=args.num_samples, qa_per_image=args.qa_per_image, num_steps=args.num_steps,
                       guidance_scale=args.guidance_scale, scheduler=args.scheduler, batch_size=args.batch_size,
                       seed=args.seed, max_caption_tokens=args.max_caption_tokens, fid=args.fid,

@@ -1,7 +1,9 @@
 """The `shards` suite: evaluation on any held-out shard set in the common webdataset layout.
 
-Each sample is `KEY.jpg|png|webp` + `KEY.txt` (the caption) + optional `KEY.json` (see DESIGN §2).
-Samples are read once, in order, with the training reader's decoding (`data.iter_samples`: images
+Each sample is `KEY.jpg|png|webp` + `KEY.txt` (the caption) + optional `KEY.json` (see DESIGN §2);
+a class-labelled sample (`KEY.cls`, an integer, and no caption) is captioned from its class name
+exactly as in training when `classes` is given (`--class-names`, `unimodal.data.classes`), and that
+caption is its reference. Samples are read once, in order, with the training reader's decoding (`data.iter_samples`: images
 resized on the shorter side and center-cropped to the model's resolution); corrupt or incomplete
 samples are skipped and counted (`skipped`, `skipped_<reason>` in the metrics).
 
@@ -25,6 +27,7 @@ import torch
 
 from unimodal.data import iter_samples
 from unimodal.data.checker import Checker, as_objects
+from unimodal.data.classes import ClassCaptions
 from unimodal.data.skips import SkipCounter
 from unimodal.data.synthetic import WorldConfig
 from unimodal.data.tasks import qa_pairs
@@ -81,19 +84,22 @@ def _objects(metadata: dict[str, Any]):
 def run_shards(model, data: str | Sequence[str], image_size: int, num_samples: int | None = None,
                settings: EvalSettings | None = None, qa_per_image: int = 0, fid: bool = True,
                feature_path: str | None = None, world_config: WorldConfig | None = None,
-               out_dir: str | Path | None = None, title: str = "shards suite") -> dict[str, Any]:
+               out_dir: str | Path | None = None, title: str = "shards suite",
+               classes: ClassCaptions | None = None) -> dict[str, Any]:
     """Run the suite on the first `num_samples` usable samples (None = all) of the shards `data`
     (a brace pattern, a directory of .tar files or a list); returns the flat metrics dict and,
-    with `out_dir`, writes metrics.json, summary.md, captions.png, generated.png, predictions.jsonl."""
+    with `out_dir`, writes metrics.json, summary.md, captions.png, generated.png, predictions.jsonl.
+    `classes` captions class-labelled samples (KEY.cls, no caption) as training does; without it
+    they are skipped (skipped_missing_class_names)."""
     settings = settings or EvalSettings()
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
         raise ValueError(f"num_samples must be a positive integer or None (all), got {num_samples!r}")
     counter = SkipCounter(where=" (eval)")
-    samples = list(itertools.islice(iter_samples(data, image_size, counter=counter), num_samples))
+    samples = list(itertools.islice(iter_samples(data, image_size, counter=counter, classes=classes), num_samples))
     skipped = {f"skipped_{reason}": count for reason, count in sorted(counter.counts.items())}
     if not samples:
         raise ValueError(f"no usable sample in the shards {data!r} (skipped: {counter.as_dict() or 'none'}); "
-                         "expected KEY.png|jpg|webp + KEY.txt per sample")
+                         "expected KEY.png|jpg|webp + KEY.txt per sample (or KEY.cls with --class-names)")
     if fid and len(samples) < 2:
         raise ValueError(f"FID/KID need at least 2 samples, the shards {data!r} gave {len(samples)}; pass --no-fid")
     images = to_pil(torch.stack([s.image for s in samples]))  # decoded [-1, 1] tensors -> PIL

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from unimodal.data.classes import CLASS_SUFFIX, ClassCaptions, class_caption
 from unimodal.data.reader import build_train_loader, iter_samples
+from unimodal.data.samples import sample_caption
 from unimodal.data.shards import expand_shards, iter_shards
 from unimodal.data.skips import SkipCounter
 from unimodal.data.synthetic import WorldConfig
@@ -111,14 +113,19 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
 
 
 # ------------------------------------------------------------------------------------ tokenizer
-def shard_texts(spec: str | list[str], max_samples: int) -> Iterator[str]:
-    """Captions, questions (as the layout phrases them) and answers of the first `max_samples`
+def shard_texts(spec: str | list[str], max_samples: int, classes: ClassCaptions | None = None) -> Iterator[str]:
+    """Captions (as the reader picks them: `sample_caption`, else the class caption of a KEY.cls
+    with `classes`), questions (as the layout phrases them) and answers of the first `max_samples`
     samples of `spec`, read from the raw shard files without decoding any image."""
     counter = SkipCounter(where="[tokenizer corpus]")
+    unused = SkipCounter()
+    unused.muted = True  # bad class labels are counted by the reader, not twice
     for raw in islice(iter_shards(expand_shards(spec), counter), max_samples):
-        caption = raw.get("txt", b"")
+        caption = sample_caption(raw)
+        if not caption and CLASS_SUFFIX in raw and classes is not None:
+            caption = class_caption(raw, classes, unused, raw["__key__"]) or ""
         if caption:
-            yield caption.decode("utf-8", errors="replace").strip()
+            yield caption
         if "json" in raw:
             try:
                 metadata = json.loads(raw["json"])
@@ -137,7 +144,8 @@ def load_tokenizer(config: RunConfig, is_main: bool, barrier: Callable[[], None]
         return Tokenizer.from_file(config.tokenizer.path)
     folder = config.run_dir / TOKENIZER_DIR
     if is_main and not (folder / "tokenizer.model").is_file():
-        texts = list(shard_texts(config.data.train_shards, config.tokenizer.max_samples))
+        texts = list(shard_texts(config.data.train_shards, config.tokenizer.max_samples,
+                                 config.data.class_captions()))
         if not texts:
             raise ValueError(f"no caption text found in data.train_shards={config.data.train_shards!r} to train a "
                              "tokenizer; pass tokenizer.path to a sentencepiece .model instead")
@@ -162,7 +170,8 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     if count <= 0:
         return None
     try:
-        samples = list(islice(iter_samples(spec, config.model.image_size), count))
+        samples = list(islice(iter_samples(spec, config.model.image_size, classes=config.data.class_captions()),
+                              count))
     except ValueError as error:  # no shards there
         log.warning("no sample grids: %s", error)
         return None

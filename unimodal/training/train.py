@@ -138,6 +138,7 @@ def prepare_run(config: RunConfig) -> Run:
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     pipeline.resolve_shards(config)
+    config.data.class_captions()  # read and check data.class_names now, before the model is built
     pipeline.ensure_synthetic_shards(config, dist.is_main, barrier)
     tokenizer = pipeline.load_tokenizer(config, dist.is_main, barrier)
     config.model.vocab_size = tokenizer.vocab_size
@@ -191,13 +192,17 @@ def prepare_run(config: RunConfig) -> Run:
 
 # ------------------------------------------------------------------------------ after training
 def eval_config(config: RunConfig, export_dir: Path) -> EvalConfig:
-    """`eval.final` with what the run fills in when unset: out_dir <run>/eval, the sample shards for
-    the shards suite, the export's world.json; no progress bars without logging.progress_bar."""
+    """`eval.final` with what the run fills in when unset: out_dir <run>/eval, the sample shards and
+    data.class_names (with its template) for the shards suite, the export's world.json; no progress
+    bars without logging.progress_bar."""
     final = config.eval.final
     world = export_dir / pipeline.WORLD_FILE
     data = final.data
     if final.suite == "shards" and not data:
         data = str(config.logging.sample_shards or config.data.train_shards)
+    if final.suite == "shards" and final.class_names is None and config.data.class_names is not None:
+        final = dataclasses.replace(final, class_names=config.data.class_names,
+                                    class_caption_template=config.data.class_caption_template)
     return dataclasses.replace(final, data=data, out_dir=final.out_dir or str(config.run_dir / "eval"),
                                world_config=final.world_config or (str(world) if world.is_file() else None),
                                progress=final.progress and config.logging.progress_bar)
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         config = load_run_config(args.config, args.overrides)
+        config.data.class_captions()  # a missing, empty or blank-lined data.class_names file is a config error
         if args.resume and args.fresh:
             raise ValueError("--resume and --fresh contradict each other")
     except (ValueError, FileNotFoundError) as error:  # a user error: say what is wrong, no traceback
