@@ -340,6 +340,18 @@ def test_class_labelled_samples_are_captioned_from_the_names_file(class_shard):
     assert counter.as_dict() == {"bad_class": 1, "class_out_of_range": 2}
 
 
+def test_cached_latents_of_class_labelled_shards_keep_the_class_captions(class_shard, tmp_path):
+    """`cache_latents --class-names` captions class-only samples as training does; the latent shards
+    then read back with those captions, without the names file."""
+    from unimodal.data import cache_latents
+
+    url, names = class_shard
+    assert cache_latents.main(["--shards", url, "--out", str(tmp_path / "px"), "--codec", "pixel", "--image-size", "16",
+                               "--no-progress", "--class-names", names]) == 0
+    cached = list(iter_samples(str(tmp_path / "px"), 16, latents=True))
+    assert [(s.key, s.caption) for s in cached] == [(k, c) for k, _, c in CLASS_SHARD if c not in SKIP_REASONS]
+
+
 def test_class_labelled_shards_train_to_the_class_captions(class_shard):
     """Through the training reader (a worker process): caption examples whose LM targets decode to
     exactly the class captions, and the bad labels counted by reason."""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, load_class_captions
 from .reader import iter_samples
 from .samples import LATENT_SUFFIX, DecodedSample
 from .skips import SkipCounter
@@ -68,18 +69,21 @@ def encoded_samples(samples: Iterator[DecodedSample], codec: Any, batch_size: in
 
 def cache_latents(shards: str | Sequence[str], out_dir: str | Path, codec: Any, image_size: int,
                   batch_size: int = 64, dtype: str = "float32", device: str | torch.device = "cpu",
-                  prefix: str = "latent", max_count: int = 10_000, progress: bool = True) -> WriteSummary:
+                  prefix: str = "latent", max_count: int = 10_000, progress: bool = True,
+                  classes: ClassCaptions | None = None) -> WriteSummary:
     """Encode every usable sample of `shards` with `codec` into new shards under `out_dir`.
 
     Unusable input samples (corrupt image, no caption, unreadable shard) are skipped, logged and
-    reported in the summary's `skipped`.
+    reported in the summary's `skipped`. `classes` captions class-labelled samples (KEY.cls without
+    a caption) as training does; the written latent shards then hold that caption as KEY.txt.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if not callable(getattr(codec, "encode", None)):
         raise TypeError(f"codec must have an encode(images) method, got {type(codec).__name__}")
     counter = SkipCounter(where="[cache_latents]")
-    samples = encoded_samples(iter_samples(shards, image_size, counter=counter), codec, batch_size, dtype, device)
+    decoded = iter_samples(shards, image_size, counter=counter, classes=classes)
+    samples = encoded_samples(decoded, codec, batch_size, dtype, device)
     summary = write_shards(samples, out_dir, prefix=prefix, max_count=max_count, progress=progress)
     summary.skipped = counter.as_dict()
     info = {"image_size": image_size, "dtype": dtype,
@@ -123,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="latent")
     parser.add_argument("--max-count", type=int, default=10_000)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--class-names", default=None,
+                        help="class-labelled shards (KEY.cls): a file with one class name per line, or a JSON list")
+    parser.add_argument("--class-caption-template", default=CLASS_CAPTION_TEMPLATE,
+                        help="caption of a class-labelled sample; {name} is its class name")
     args = parser.parse_args(argv)
+    classes = load_class_captions(args.class_names, args.class_caption_template)
     codec = load_codec(args.codec, args.vae_path, args.export)
     if hasattr(codec, "to"):
         codec = codec.to(args.device)
     summary = cache_latents(args.shards, args.out, codec, args.image_size, args.batch_size, args.dtype, args.device,
-                            args.prefix, args.max_count, progress=not args.no_progress)
+                            args.prefix, args.max_count, progress=not args.no_progress, classes=classes)
     print(summary)
     return 0
 
