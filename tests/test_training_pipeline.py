@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from test_training_support import events, losses_by_step, run_args, shard_dir  # noqa: F401  (fixture)
 
@@ -68,3 +69,37 @@ def test_a_given_tokenizer_is_used_as_is(tmp_path, shard_dir):  # noqa: F811
     exported = Tokenizer.from_pretrained(run_dir / "export")
     assert exported.vocab_size == tokenizer.vocab_size
     assert exported.encode("a red circle") == tokenizer.encode("a red circle")
+
+
+def test_a_trial_runs_shards_are_not_silently_reused_by_a_larger_run(tmp_path):
+    """Synthetic splits remember their sample count and seed: a config asking for another count in the
+    same folder fails with a message instead of training on the trial's few samples."""
+    from unimodal.training import pipeline
+
+    def config(num_train):
+        return run_config_from_dict({"model": {"preset": "debug"}, "output_dir": str(tmp_path / "run"),
+                                     "synthetic": {"enabled": True, "num_train": num_train, "num_eval": 4,
+                                                   "num_heldout": 4, "samples_per_shard": 10}})
+
+    pipeline.ensure_synthetic_shards(config(12), True, lambda: None)
+    pipeline.ensure_synthetic_shards(config(12), True, lambda: None)  # the same config reuses them
+    with pytest.raises(ValueError, match=r"holds 12 samples .* synthetic.num_train=30"):
+        pipeline.ensure_synthetic_shards(config(30), True, lambda: None)
+
+
+def test_resuming_under_another_config_warns_with_the_changed_keys(tmp_path, caplog):
+    from unimodal.training.config import config_changes
+    from unimodal.training.train import warn_if_config_changed
+
+    old = run_config_from_dict({"model": {"preset": "debug"}, "output_dir": str(tmp_path)})
+    new = run_config_from_dict({"model": {"preset": "debug"}, "output_dir": str(tmp_path),
+                                "schedule": {"total_steps": 2000}, "synthetic": {"num_train": 5}})
+    assert config_changes(old.to_dict(), new.to_dict()) == [
+        f"schedule.total_steps: {old.schedule.total_steps!r} -> 2000",
+        f"synthetic.num_train: {old.synthetic.num_train!r} -> 5"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old.to_dict()))
+    with caplog.at_level("WARNING"):
+        warn_if_config_changed(tmp_path, old)
+        assert not caplog.records
+        warn_if_config_changed(tmp_path, new)
+    assert "schedule.total_steps" in caplog.text and "synthetic.num_train" in caplog.text

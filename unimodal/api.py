@@ -94,8 +94,10 @@ class UniModal:
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         _check_finite(temperature=temperature, top_p=top_p)
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1] (1 = no nucleus cut), got {top_p}")
         generator = torch.Generator().manual_seed(seed)
         ids = decode_text(self.model, prompts, latents, self.tokenizer.pad_id, self.tokenizer.eos_id,
                           max_new_tokens, temperature, top_p, generator, use_cache=use_cache)

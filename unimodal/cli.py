@@ -174,5 +174,19 @@ def _slug(text: str, max_chars: int = 40) -> str:
     return slug[:max_chars].rstrip("-") or "image"
 
 
+def train_main() -> int:
+    """The `unimodal-train` console script (`python -m unimodal.training`); needs the `train` extra."""
+    from .extras import run_entry_point
+
+    return run_entry_point("unimodal.training.train")
+
+
+def eval_main() -> int:
+    """The `unimodal-eval` console script (`python -m unimodal.evaluation`); needs the `eval` extra."""
+    from .extras import run_entry_point
+
+    return run_entry_point("unimodal.evaluation.run")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,7 +41,7 @@ Needs webdataset (the `train` or `eval` extra).
 
 from unimodal.extras import require_extra
 
-require_extra("train", "webdataset", feature="unimodal.data")
+require_extra(("train", "eval"), "webdataset", feature="unimodal.data")
 
 # ruff: noqa: E402 (the check comes first)
 

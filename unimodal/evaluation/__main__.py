@@ -1,5 +1,4 @@
 """`python -m unimodal.evaluation --model DIR --suite NAME [...]`: see `unimodal.evaluation.run`."""
-from unimodal.evaluation.run import main
+from unimodal.extras import run_entry_point
 
-result = main()
-raise SystemExit(result if isinstance(result, int) else 0)  # main returns the metrics dict on success
+raise SystemExit(run_entry_point("unimodal.evaluation.run"))

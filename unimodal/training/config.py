@@ -208,7 +208,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         if not 0 <= sched.warmup_steps <= sched.total_steps:
             raise ValueError(f"schedule.warmup_steps must lie in [0, total_steps={sched.total_steps}], "
-                             f"got {sched.warmup_steps}")
+                             f"got {sched.warmup_steps}: for a short run set both, e.g. schedule.total_steps=20 "
+                             f"schedule.warmup_steps=5")
         if not 0.0 <= sched.min_lr_ratio <= 1.0:
             raise ValueError(f"schedule.min_lr_ratio must lie in [0, 1], got {sched.min_lr_ratio}")
         if not 0.0 <= self.ema.decay < 1.0:
@@ -226,6 +227,19 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-safe: tuples become lists)."""
         return _plain(dataclasses.asdict(self))
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dot-path keys whose values differ between two `RunConfig.to_dict()` results, as
+    "key: old -> new" lines (e.g. to warn when a run resumes under another config)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        path, before, after = f"{prefix}{key}", old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, f"{path}.")
+        elif before != after:
+            changes.append(f"{path}: {before!r} -> {after!r}")
+    return changes
 
 
 # ---------------------------------------------------------------------------------------- loading

@@ -23,8 +23,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
+
+# Without a GPU, tell DeepSpeed so: it then skips its accelerator probe and the warning that every
+# CPU run would print first, even for --help.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed
 from deepspeed.accelerator import get_accelerator
 from torch import nn
 

@@ -79,6 +79,23 @@ def write_world_file(config: RunConfig, folder: Path) -> Path:
     return path
 
 
+SPLIT_FILE = "split.json"  # beside a written split's shards: its sample count and seed
+
+
+def check_split(folder: Path, wanted: dict, split: str) -> None:
+    """Raise ValueError when an existing split was written with another sample count or seed (e.g.
+    by a short trial run in the same run folder), instead of silently training on it."""
+    record = folder / SPLIT_FILE
+    if not record.is_file():  # written before split.json existed: nothing to compare with
+        return
+    found = json.loads(record.read_text())
+    if found != wanted:
+        key = {"train": "num_train", "eval": "num_eval", "heldout": "num_heldout"}[split]
+        raise ValueError(f"{folder} holds {found['num_samples']} samples of seed {found['seed']}, but the config asks "
+                         f"for synthetic.{key}={wanted['num_samples']}, synthetic.seed={wanted['seed']}: use another "
+                         f"name=... (or synthetic.output_dir) or delete {folder.parent}")
+
+
 def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
     """Write each missing synthetic split with `write_synthetic_shards` (rank 0; the others wait).
 
@@ -100,7 +117,11 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
         world = world_config(config)
         for split in SPLITS:
             final = root / split
-            if final.is_dir() or counts[split] <= 0:
+            wanted = {"num_samples": counts[split], "seed": syn.seed}
+            if final.is_dir():
+                check_split(final, wanted, split)
+                continue
+            if counts[split] <= 0:
                 continue
             staging = root / f".{split}.partial"
             shutil.rmtree(staging, ignore_errors=True)
@@ -108,6 +129,7 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
             summary = write_synthetic_shards(staging, counts[split], seed=syn.seed, split=split, world_config=world,
                                              max_count=syn.samples_per_shard, progress=False)
             log.info("%s", summary)
+            (staging / SPLIT_FILE).write_text(json.dumps(wanted))
             os.replace(staging, final)
     barrier()
 

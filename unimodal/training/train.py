@@ -40,7 +40,7 @@ from unimodal.tokenizer import Tokenizer
 
 from . import pipeline
 from .checkpoint import Checkpointer, resolve_resume, restore_rng
-from .config import RunConfig, load_run_config, save_run_config
+from .config import RunConfig, config_changes, load_run_config, save_run_config
 from .ema import EMA
 from .engine import DistInfo, Engine, deepspeed_config, init_distributed, shutdown_distributed
 from .export import build_inference_model, export_run, inference_weights
@@ -169,6 +169,7 @@ def prepare_run(config: RunConfig) -> Run:
             restore_rng(state["rng"], generator)
             num_nonfinite = int(state.get("num_nonfinite", 0))
         log.info("resumed from %s at step %d", restore_from, start_step)
+        warn_if_config_changed(restore_from, config)
 
     metrics = MetricsLogger(run_dir, config.schedule.total_steps, start_step, enabled=dist.is_main,
                             progress_bar=config.logging.progress_bar, tensorboard=config.logging.tensorboard)
@@ -188,6 +189,20 @@ def prepare_run(config: RunConfig) -> Run:
                  run_dir, model.num_parameters() / 1e6, dist.world_size, config.deepspeed.zero_stage,
                  engine.precision, start_step, config.schedule.total_steps)
     return run
+
+
+def warn_if_config_changed(checkpoint_dir: Path, config: RunConfig) -> None:
+    """Log a warning naming every key whose value differs from the config the checkpoint was saved
+    with: resuming (the default when the run folder has checkpoints) under another config is allowed,
+    e.g. to lengthen a run, but a trial run's folder silently reused by a full run is a common mistake."""
+    saved = Path(checkpoint_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = [line for line in config_changes(yaml.safe_load(saved.read_text()) or {}, config.to_dict())
+               if not line.startswith("checkpoint.resume:")]
+    if changes:
+        log.warning("resuming %s under a config that differs from the one it was saved with (use another "
+                    "name=... or delete %s for a fresh run):\n  %s", checkpoint_dir, config.run_dir, "\n  ".join(changes))
 
 
 # ------------------------------------------------------------------------------ after training
