@@ -43,7 +43,7 @@ class PixelCodec(nn.Module):
 
 class VAECodec(nn.Module):
     """A diffusers `AutoencoderKL`. The model never applies `scaling_factor`/`shift_factor`
-    itself (STACK.md), so this class is the one place that does: z = (mean - shift) * scale."""
+    itself (diffusers leaves it to the pipeline), so this class is the one place that does: z = (mean - shift) * scale."""
 
     def __init__(self, vae):
         super().__init__()

@@ -1,7 +1,7 @@
 """A sentencepiece tokenizer with the special tokens the sequence layout needs.
 
 We drive `sentencepiece` directly rather than through `transformers.LlamaTokenizer`: the latter needs
-protobuf to load a folder and silently builds an empty tokenizer from `vocab_file=` (see STACK.md).
+protobuf to load a folder and silently builds an empty tokenizer from `vocab_file=`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The `shards` suite: evaluation on any held-out shard set in the common webdataset layout.
 
-Each sample is `KEY.jpg|png|webp` + `KEY.txt` (the caption) + optional `KEY.json` (see DESIGN §2);
+Each sample is `KEY.jpg|png|webp` + `KEY.txt` (the caption) + optional `KEY.json` (the layout of
+img2dataset and most public image-text sets);
 a class-labelled sample (`KEY.cls`, an integer, and no caption) is captioned from its class name
 exactly as in training when `classes` is given (`--class-names`, `unimodal.data.classes`), and that
 caption is its reference. Samples are read once, in order, with the training reader's decoding (`data.iter_samples`: images

@@ -98,7 +98,7 @@ def _skip_cpu_shm_comm_build() -> None:
 
 def _limit_cpu_threads() -> None:
     """torchrun sets OMP_NUM_THREADS=1 per rank; the deepspeed launcher does not, and several ranks
-    each using every core ran 16x slower (STACK.md). Split the cores between local ranks."""
+    each using every core ran 16x slower in our measurement. Split the cores between local ranks."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
@@ -196,7 +196,7 @@ class Engine:
         self.precision = resolve_precision(config.deepspeed.precision, dist.device)
         if dist.device.type == "cpu" and self.precision == "bf16" and config.deepspeed.zero_stage == 0:
             log.warning("bf16 weights at ZeRO 0 wrap an unfused optimizer and train slightly differently from "
-                        "ZeRO 1-3 (STACK.md); bf16_autocast keeps fp32 weights")
+                        "ZeRO 1-3; bf16_autocast keeps fp32 weights")
         self.ds_config = deepspeed_config(config, dist.world_size, dist.device)
         schedule = WarmupCosine(config.schedule.total_steps, config.schedule.warmup_steps,
                                 config.schedule.min_lr_ratio)
