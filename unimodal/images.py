@@ -107,11 +107,10 @@ def to_model_tensor(image: ImageSource, size: int) -> torch.Tensor:
     resized on their shorter side and center-cropped; any size is accepted. Paths and bytes let a
     JPEG decode at reduced scale exactly as the training reader does.
     """
-    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        image = open_image(image, draft_size=size)
-    if isinstance(image, Image.Image):
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+        rgb = open_image(image, draft_size=None if isinstance(image, Image.Image) else size)
         # np.array, not asarray: PIL's buffer is read-only and torch warns about wrapping it.
-        tensor = torch.from_numpy(np.array(open_image(image))).permute(2, 0, 1).float() / 255.0
+        tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255.0
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         tensor = _array_to_chw(image)
     else:
