@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unimodal.data.classes import CLASS_CAPTION_TEMPLATE, check_template, load_class_captions
+from unimodal.data.classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
 from unimodal.data.synthetic import WorldConfig
 
 from .shapes_suite import run_shapes
@@ -112,15 +112,16 @@ class EvalConfig:
         if self.qa_per_image is not None and (not isinstance(self.qa_per_image, int) or self.qa_per_image < 0):
             raise ValueError(f"qa_per_image must be >= 0 (0 = every question), got {self.qa_per_image!r}")
 
-    def check_inputs(self) -> None:
+    def check_inputs(self) -> ClassCaptions | None:
         """The checks that look at files, apart from construction so a config can be written for
-        another machine; raises ValueError if `shards` lacks data, feature_path is not a file, or the
-        class_names file is missing, empty or has a blank line."""
+        another machine; returns the class captions it read (None without class_names). Raises
+        ValueError if `shards` lacks data, feature_path is not a file, or the class_names file is
+        missing, empty or has a blank line."""
         if self.suite == "shards" and not self.data:
             raise ValueError("the shards suite needs --data (EvalConfig.data), e.g. 'shards/eval/{000000..000003}.tar'")
-        load_class_captions(self.class_names, self.class_caption_template)
         if self.feature_path and not Path(self.feature_path).is_file():
             raise ValueError(f"feature_path (--feature-path) {self.feature_path} is not a file")
+        return load_class_captions(self.class_names, self.class_caption_template)
 
 
 def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[str, Any]:
@@ -136,8 +137,7 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
     Raises:
         ValueError: `shards` without data, a missing feature_path, a bad class_names or world_config file.
     """
-    config.check_inputs()
-    classes = load_class_captions(config.class_names, config.class_caption_template)
+    classes = config.check_inputs()
     defaults = SUITES[config.suite]
     num_samples = config.num_samples if config.num_samples is not None else defaults["num_samples"]
     qa_per_image = config.qa_per_image if config.qa_per_image is not None else defaults["qa_per_image"]
@@ -174,13 +174,19 @@ def evaluate_shapes(model, num_samples: int = 32, num_steps: int = 25, world_con
     return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, feature_path, world_seed, out_dir)
 
 
+def world_config_path(path: str | Path | None, model_folder: str | Path | None) -> str | Path | None:
+    """`path` if given, else the model folder's world.json when it has one, else None."""
+    if path is None and model_folder is not None and (Path(model_folder) / WORLD_FILENAME).is_file():
+        return str(Path(model_folder) / WORLD_FILENAME)
+    return path
+
+
 def load_world_config(path: str | Path | None = None, model_folder: str | Path | None = None) -> WorldConfig:
     """`path` (YAML or JSON of WorldConfig fields) if given, else `model_folder/world.json` if it
     exists, else `WorldConfig()`."""
     import yaml  # JSON is YAML too
 
-    if path is None and model_folder is not None and (Path(model_folder) / WORLD_FILENAME).is_file():
-        path = Path(model_folder) / WORLD_FILENAME
+    path = world_config_path(path, model_folder)
     if path is None:
         return WorldConfig()
     path = Path(path)
@@ -228,9 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The parsed command line as an `EvalConfig`: `--out` defaults to <model>/eval-<suite> and
     `--world-config` to the model folder's world.json when there is one. Raises ValueError."""
-    world = args.world_config
-    if world is None and (Path(args.model) / WORLD_FILENAME).is_file():
-        world = str(Path(args.model) / WORLD_FILENAME)
+    world = world_config_path(args.world_config, args.model)
     return EvalConfig(suite=args.suite, data=args.data, out_dir=args.out or str(Path(args.model) / f"eval-{args.suite}"),
                       class_names=args.class_names, class_caption_template=args.class_caption_template,
                       num_samples=args.num_samples, qa_per_image=args.qa_per_image, num_steps=args.num_steps,
