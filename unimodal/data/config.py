@@ -70,14 +70,10 @@ class DataConfig:
 
     def class_captions(self) -> ClassCaptions | None:
         """The class names of `class_names` with the caption template, or None when it is unset.
-        The file is read and checked (`unimodal.data.classes.load_class_names`: ValueError naming
-        the file and line when it is missing, empty or has a blank name) on the first call only."""
-        key = (self.class_names, self.class_caption_template)
-        cached = getattr(self, "_class_captions", None)
-        if cached is None or cached[0] != key:
-            cached = (key, load_class_captions(self.class_names, self.class_caption_template))
-            self._class_captions = cached  # not a field: never saved, compared or merged
-        return cached[1]
+        Reads and checks the file at each call (`unimodal.data.classes.load_class_names`: ValueError
+        naming the file and line when it is missing, empty or has a blank name); a run calls this a
+        few times, and the training reader once, handing the result to its workers."""
+        return load_class_captions(self.class_names, self.class_caption_template)
 
     def validate(self) -> None:
         positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
