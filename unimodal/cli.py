@@ -12,12 +12,13 @@ with status 2, like any argparse error.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from .extras import MissingExtraError, require_extra, run_entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: name the grid file with an image extension such as .png")
     if args.command == "demo" and not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port}: choose a TCP port from 1 to 65535")
-    if args.command == "demo" and importlib.util.find_spec("gradio") is None:  # before the model loads
-        parser.error("unimodal demo needs gradio: pip install 'unimodal[demo]'")
+    if args.command == "demo":  # before the model loads
+        try:
+            require_extra("demo", "gradio", feature="unimodal demo")
+        except MissingExtraError as error:
+            parser.error(str(error))
     if not args.model.is_dir():
         parser.error(f"--model {args.model}: no such folder (pass an exported model folder)")
     for path in getattr(args, "images", []):
@@ -176,15 +180,11 @@ def _slug(text: str, max_chars: int = 40) -> str:
 
 def train_main() -> int:
     """The `unimodal-train` console script (`python -m unimodal.training`); needs the `train` extra."""
-    from .extras import run_entry_point
-
     return run_entry_point("unimodal.training.train")
 
 
 def eval_main() -> int:
     """The `unimodal-eval` console script (`python -m unimodal.evaluation`); needs the `eval` extra."""
-    from .extras import run_entry_point
-
     return run_entry_point("unimodal.evaluation.run")
 
 
