@@ -21,10 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from unimodal.config import ModelConfig
-from unimodal.diffusion import make_process
 from unimodal.layout import Batch, SequenceLayout
-from unimodal.model import UniModalModel, combine_outputs, noise_images
+from unimodal.model import UniModalModel
+from unimodal.objective import Objective
 from unimodal.tokenizer import Tokenizer
+from unimodal.training.step import PlainEngine
+from unimodal.training.step import TrainStep as SharedTrainStep
 
 # Words of the synthetic shapes world (data/synthetic.py); captions are drawn from them at random so
 # the sequences have the lengths real training sees without depending on the data package.
@@ -55,16 +57,18 @@ def caption_ids(tokenizer: Tokenizer, rng: random.Random, num_tokens: int) -> li
 
 
 def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, caption_tokens: int = 12,
-                    seed: int = 0, vqa_turns: int = 1) -> Batch:
-    """A collated batch mixing generation / caption / VQA sequences (of `vqa_turns` QA pairs) as the
-    layout builds them.
+                    seed: int = 0, vqa_turns: int = 1, max_tokens_per_row: int = 0, length_multiple: int = 1,
+                    row_multiple: int = 1) -> Batch:
+    """A batch mixing generation / caption / VQA sequences (of `vqa_turns` QA pairs) as the layout
+    builds them: one example per row, or packed into rows of `max_tokens_per_row` as
+    `data.max_tokens_per_row` does (`SequenceLayout.pack`).
 
     Images are random latents of the model's latent shape (the pixel codec's latents are the pixels),
     so the codec is not part of the step, as in training on pre-encoded latents.
     """
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    layout = SequenceLayout(tokenizer, config.num_image_tokens)
+    layout = SequenceLayout(tokenizer, config.input_patch_size(latents=True))
     shape = (config.latent_channels, config.latent_size, config.latent_size)
     examples = []
     for i in range(batch_size):
@@ -77,7 +81,9 @@ def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, 
         else:
             pairs = [(rng.choice(QUESTIONS), rng.choice(ANSWERS)) for _ in range(vqa_turns)]
             examples.append(layout.vqa_turns(image, pairs))
-    return layout.collate(examples)
+    if max_tokens_per_row:
+        return layout.pack(examples, max_tokens_per_row, length_multiple, row_multiple)
+    return layout.collate(examples, length_multiple)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,7 +109,8 @@ def matmul_params(config: ModelConfig) -> int:
     return num_layers * per_layer + d * config.vocab_size
 
 
-def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: int) -> FlopCount:
+def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: int,
+               num_patches: int | None = None) -> FlopCount:
     """FLOPs of one training step (forward + backward; the optimizer's O(N) work is not counted).
 
     A matmul of an (M, K) by a (K, N) matrix costs 2·M·K·N; the backward pass costs twice the forward
@@ -112,8 +119,9 @@ def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: i
         dense     = 6 · N_matmul · B · T
                     N_matmul = L·(2·D² + 2·D·Hkv·Dh + 3·D·F) + D·V     (q,o + k,v + SwiGLU; LM head)
         attention = 3 · L · 2 · (2 · B · T² · D)                     (QKᵀ and A·V, each 2·B·T²·D)
-        adapters  = 6 · N · P · (E·D + D·E)  +  6 · N · (2 · 256·D + D·D + D·2D)
-                    (patch projection and denoise projection per patch; time MLP and adaLN per image)
+        adapters  = 6 · S · (E·D + D·E)  +  6 · N · (2 · 256·D + D·D + D·2D)
+                    (patch projection and denoise projection per patch, S patches in all (default
+                    N · P); time MLP and adaLN per image)
 
     All positions count, padding included, and attention counts the full T×T square although the
     mask would let a causal kernel skip about half of it: this is the work the kernels are asked to do.
@@ -126,7 +134,9 @@ def step_flops(config: ModelConfig, batch_size: int, seq_len: int, num_images: i
     if config.patch_adapter == "mlp":
         adapter_patch += d * d
     adapter_image = 256 * d + d * d + d * 2 * d  # TimestepEmbedding (2 Linears) + adaLN modulation
-    adapters = 6 * num_images * (config.num_image_tokens * adapter_patch + adapter_image)
+    if num_patches is None:
+        num_patches = num_images * config.num_image_tokens
+    adapters = 6 * (num_patches * adapter_patch + num_images * adapter_image)
     return FlopCount(dense, attention, adapters)
 
 
@@ -288,24 +298,20 @@ def make_optimizer(model: torch.nn.Module, lr: float = 1e-4) -> tuple[torch.opti
 
 
 class TrainStep:
-    """One training step as a training loop runs it: noise the images, forward, backward, AdamW.
+    """One training step exactly as the training loop runs it (`unimodal.training.step.TrainStep`:
+    noise, forward, losses, backward), with a torch AdamW in place of DeepSpeed's.
 
-    The batch (collated, mask built) is made once: building it is the data loader's work. Model and
-    batch are already on the device the step runs on (the batch's). `dtype` bfloat16 runs forward and
-    loss under `torch.autocast(<that device's type>, torch.bfloat16)` over fp32 weights. The noise is
-    drawn from a CPU generator on every device, so a seed gives the same noise on the CPU and a GPU.
+    The batch (collated or packed) is made once: building it is the data loader's work. Model and
+    batch are already on the device the step runs on (the batch's); its items are latents, so the
+    codec is not part of the step. `dtype` bfloat16 runs forward under `torch.autocast` over fp32
+    weights. The noise is drawn from a CPU generator on every device, so a seed gives the same noise
+    on the CPU and a GPU.
     """
 
     def __init__(self, model: UniModalModel, batch: Batch, dtype: torch.dtype = torch.float32,
-                 optimizer: str = "auto", compile: str | None = None, seed: int = 0, length_buckets: int = 1):
+                 optimizer: str = "auto", compile: str | None = None, seed: int = 0):
         self.model = model.train()
         self.batch = batch
-        # The parts the training loop would run for `data.length_buckets` (split once, like the batch).
-        self.parts = batch.split_by_length(length_buckets)
-        self.dtype = dtype
-        self.device_type = batch.input_ids.device.type
-        self.process = make_process(model.config)
-        self.generator = torch.Generator().manual_seed(seed)
         if optimizer == "auto":
             self.optimizer, self.optimizer_kind = make_optimizer(model)
         else:
@@ -315,21 +321,14 @@ class TrainStep:
         # compile: None = eager, "layers" = the training loop's deepspeed.compile (regional), "model" = whole model.
         if compile == "layers":
             model.compile_layers()
-        self.forward: Callable = torch.compile(model) if compile == "model" else model
+        forward: Callable = torch.compile(model) if compile == "model" else model
+        engine = PlainEngine(model, self.optimizer, dtype, forward)
+        self.step = SharedTrainStep(engine, Objective(model.config), codec=None,
+                                    generator=torch.Generator().manual_seed(seed), latents_cached=True)
 
     def __call__(self) -> float:
-        cfg = self.model.config
-        outputs = []
-        for batch in self.parts:
-            noised, timesteps, target = noise_images(self.process, batch.images, batch.image_is_target,
-                                                     cfg.condition_max_noise, self.generator)
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-                outputs.append(self.forward(batch.with_images(noised), timesteps, target))
-        output = combine_outputs(outputs, cfg)
-        output.loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(output.loss.detach())
+        losses, _ = self.step(self.batch)
+        return float(losses.loss.detach())
 
 
 def time_steps(step: Callable[[], object], num_steps: int, warmup: int,

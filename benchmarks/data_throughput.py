@@ -3,7 +3,7 @@
     python benchmarks/data_throughput.py [--workers 0 2] [--num-batches 150] [--batch-size 32]
 
 Prints one JSON line: samples/s of the full training reader (tar read, shuffle, PNG decode, task
-mixture, tokenisation, `layout.collate` with the attention mask) for each worker count, and of
+mixture, tokenisation, `layout.collate` with the spans) for each worker count, and of
 decoding alone (`unimodal.data.reader.iter_samples`, one process) for reference. Timing starts after a few
 warm-up batches, so worker start-up is not counted. Wall-clock rates depend on what else runs on the
 machine (the load average is printed); `samples_per_cpu_s_0_workers` (the whole pipeline per CPU
@@ -40,7 +40,7 @@ def loader_rate(config: DataConfig, tokenizer: Tokenizer, layout: SequenceLayout
     for index, batch in enumerate(loader.endless()):
         if index == warmup:
             start, cpu_start, samples = time.perf_counter(), time.process_time(), 0
-        samples += batch.input_ids.shape[0]
+        samples += batch.num_examples
         if index == warmup + num_batches - 1:
             return samples / (time.perf_counter() - start), samples / (time.process_time() - cpu_start)
     raise AssertionError("unreachable: endless() does not stop")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = world.sample(i)
         texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
     tokenizer = Tokenizer.train(texts, vocab_size=256)
-    layout = SequenceLayout(tokenizer, (args.image_size // args.patch_size) ** 2)
+    layout = SequenceLayout(tokenizer, args.patch_size)
     rates, per_cpu_second = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         summary = write_synthetic_shards(tmp, args.num_samples, max_count=256, progress=False,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_cpu_second = round(cpu_rate, 1)
     print(json.dumps({
         "benchmark": "data_throughput", "image_size": args.image_size, "format": "png", "batch_size": args.batch_size,
-        "num_image_tokens": layout.num_image_tokens, "samples_per_s_by_workers": rates,
+        "num_image_tokens": (args.image_size // args.patch_size) ** 2, "samples_per_s_by_workers": rates,
         "samples_per_cpu_s_0_workers": per_cpu_second, "decode_only_samples_per_s": round(decode, 1),
         "timed_batches": args.num_batches, "load_average_1min": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

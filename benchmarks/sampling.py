@@ -65,8 +65,7 @@ def bench_decoding(api: UniModal, batch_size: int, new_tokens: int, repeats: int
     tokens_per_s = {}
     for use_cache in (True, False):
         def run(use_cache=use_cache):
-            ids = decode_text(api.model, prompts, latents, api.tokenizer.pad_id, NEVER_EOS, new_tokens,
-                              use_cache=use_cache)
+            ids = decode_text(api.model, api.layout, prompts, new_tokens, use_cache=use_cache, eos_id=NEVER_EOS)
             assert all(len(row) == new_tokens for row in ids)
         tokens_per_s[use_cache] = batch_size * new_tokens / timed(run, repeats)
     key = f"decode_batch_{batch_size}"

@@ -4,7 +4,7 @@ FLOP/s against the machine's own measured matmul rate (and, on a known GPU, its 
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --steps 10 --threads 2
     python benchmarks/train_throughput.py --preset tiny --batch-size 32 --dtype bf16
     python benchmarks/train_throughput.py --preset base --device cuda --dtype bf16 --batch-size 8
-    python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 64 --vqa-turns 8 --length-buckets 2
+    python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 64 --vqa-turns 8 --max-tokens-per-row 384
     python benchmarks/train_throughput.py --preset tiny --dtype bf16 --batch-size 32 --vqa-turns 3 --compile layers
 
 A random model of the preset trains on one fixed synthetic batch that mixes generation, caption and
@@ -18,12 +18,12 @@ Prints one JSON line. `flops_per_step` is counted analytically (`benchmarks.comm
 
     dense     = 6 · N_matmul · B · T,   N_matmul = L·(2·D² + 2·D·Hkv·Dh + 3·D·F) + D·V
     attention = 3 · L · 2 · (2 · B · T² · D)
-    adapters  = 6 · N_img · (P · 2·E·D + 256·D + 3·D²)
+    adapters  = 6 · S · 2·E·D + 6 · N_img · (256·D + 3·D²)      (S patches in all)
 
 over every position (padding included; the LM head over all B·T positions; attention over the full
-T×T square), summed over the parts when `--length-buckets` splits the batch as the training loop
-does (`padded_positions` then counts each part at its own length; `real_tokens` the unpadded ones;
-`tokens_per_s` stays B·T of the whole padded batch per second). `matmul_flops` is a `torch.mm` on the same
+T×T square of every row, masked pairs included). `--max-tokens-per-row` packs the examples into
+rows as `data.max_tokens_per_row` does (`rows` and `padded_positions` show the batch's shape,
+`real_tokens` the unpadded positions; `tokens_per_s` counts real tokens). `matmul_flops` is a `torch.mm` on the same
 device, in the same dtype and thread count,
 timed in the same run (2048² on the CPU, 8192² on CUDA; `--matmul-size` overrides): one probe of 3
 products after every timed step, so steps and probes see the same load on a shared machine.
@@ -56,7 +56,6 @@ import torch
 
 from benchmarks.common import (
     DTYPES,
-    FlopCount,
     MatmulProbe,
     TrainStep,
     benchmark_tokenizer,
@@ -95,8 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden-size", type=int, default=None, help="override the preset's width")
     parser.add_argument("--caption-tokens", type=int, default=12)
     parser.add_argument("--vqa-turns", type=int, default=1, help="QA pairs per VQA sequence (data.vqa_turns)")
-    parser.add_argument("--length-buckets", type=int, default=1,
-                        help="run the batch as up to this many length-sorted parts (data.length_buckets)")
+    parser.add_argument("--max-tokens-per-row", type=int, default=0,
+                        help="pack the examples into rows of this many positions (data.max_tokens_per_row; "
+                             "0 = one example per row)")
+    parser.add_argument("--length-multiple", type=int, default=1, help="pad rows to a multiple (data.length_multiple)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matmul-size", type=int, default=None,
                         help="side of the reference torch.mm; default 2048 on cpu, 8192 on cuda")
@@ -110,8 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = max(args.warmup, 3)  # the first calls compile (and may recompile once)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    if args.vqa_turns < 1 or args.length_buckets < 1:
-        parser.error("--vqa-turns and --length-buckets must be >= 1")
+    if args.vqa_turns < 1 or args.max_tokens_per_row < 0 or args.length_multiple < 1:
+        parser.error("--vqa-turns and --length-multiple must be >= 1, --max-tokens-per-row >= 0")
     if args.matmul_size is not None and args.matmul_size < 1:
         parser.error("--matmul-size must be >= 1")
     return args
@@ -119,7 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warmup: int = 3,
         compile: str | None = None, caption_tokens: int = 12, seed: int = 0, matmul_size: int | None = None,
-        device: str = "cpu", vqa_turns: int = 1, length_buckets: int = 1, hidden_size: int | None = None) -> dict:
+        device: str = "cpu", vqa_turns: int = 1, max_tokens_per_row: int = 0, hidden_size: int | None = None,
+        length_multiple: int = 1) -> dict:
     """Build, time and measure one configuration; returns the result dict (threads already set).
     `compile`: None (eager), "model" or "layers". `matmul_size` None takes the device's default
     (`benchmarks.common.MATMUL_SIZE`). `hidden_size` overrides the preset's width."""
@@ -132,10 +134,10 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
     if tokenizer.vocab_size > config.vocab_size:
         config.vocab_size = tokenizer.vocab_size
     model = UniModalModel(config).to(device)  # built on the CPU first: the same weights on every device
-    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed, vqa_turns).to(device)
-    seq_len = int(batch.input_ids.shape[1])
-    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed,  # optimizer after the move
-                     length_buckets=length_buckets)
+    batch = synthetic_batch(config, tokenizer, batch_size, caption_tokens, seed, vqa_turns, max_tokens_per_row,
+                            length_multiple).to(device)
+    num_rows, seq_len = (int(n) for n in batch.input_ids.shape)
+    step = TrainStep(model, batch, DTYPES[dtype], compile=compile, seed=seed)  # optimizer after the move
     probe = MatmulProbe(DTYPES[dtype], matmul_size, device=device)
     probe_mb = probe.nbytes / 2**20
     host_probe_mb = 0.0 if on_cuda else probe_mb  # on CUDA the probe's matrices are GPU memory, not RSS
@@ -149,9 +151,8 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
     peak = peak_rss_mb() - host_probe_mb
     seconds = median(times)
     matmul = median(probe.rates)
-    part_flops = [step_flops(config, int(part.input_ids.shape[0]), int(part.input_ids.shape[1]), part.num_images)
-                  for part in step.parts]  # the work asked of the kernels: each part at its own length
-    flops = FlopCount(*(sum(getattr(f, name) for f in part_flops) for name in ("dense", "attention", "adapters")))
+    # the work asked of the kernels: every row at the batch's length, padding and masked pairs included
+    flops = step_flops(config, num_rows, seq_len, batch.num_images, int(batch.image_num_tokens.sum()))
     achieved = flops.total / seconds
     name = device_name(device)
     gpu = {}
@@ -173,14 +174,14 @@ def run(preset: str, batch_size: int, dtype: str = "fp32", steps: int = 10, warm
         "batch_size": batch_size,
         "seq_len": seq_len,
         "vqa_turns": vqa_turns,
-        "length_buckets": length_buckets,
-        "parts": len(step.parts),
-        "padded_positions": sum(part.input_ids.numel() for part in step.parts),
-        "real_tokens": int(batch.lengths.sum()),
+        "max_tokens_per_row": max_tokens_per_row,
+        "rows": num_rows,
+        "padded_positions": batch.input_ids.numel(),
+        "real_tokens": batch.num_tokens,
         "num_images": batch.num_images,
         "params": model.num_parameters(),
         "samples_per_s": batch_size / seconds,
-        "tokens_per_s": batch_size * seq_len / seconds,
+        "tokens_per_s": batch.num_tokens / seconds,
         "seconds_per_step": seconds,
         "seconds_per_step_min": min(times),
         "peak_rss_mb": peak,
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(args.preset, 8)
     result = run(args.preset, batch_size, args.dtype, args.steps, args.warmup, args.compile,
                  args.caption_tokens, args.seed, args.matmul_size, args.device, args.vqa_turns,
-                 args.length_buckets, args.hidden_size)
+                 args.max_tokens_per_row, args.hidden_size, args.length_multiple)
     print(json.dumps(result), flush=True)
     return result
 

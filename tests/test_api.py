@@ -47,8 +47,7 @@ def decode_with_logits(api, prompts, latents, eos_id, max_new_tokens, use_cache)
     logits = []
     hook = api.model.lm_head.register_forward_hook(lambda module, args, out: logits.append(out.clone()))
     try:
-        ids = decode_text(api.model, prompts, latents, api.tokenizer.pad_id, eos_id, max_new_tokens,
-                          use_cache=use_cache)
+        ids = decode_text(api.model, api.layout, prompts, max_new_tokens, use_cache=use_cache, eos_id=eos_id)
     finally:
         hook.remove()
     return ids, torch.stack(logits)

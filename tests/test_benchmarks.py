@@ -39,22 +39,22 @@ def test_train_throughput_prints_sane_json(capsys, dtype):
                 "achieved_flops", "matmul_flops", "seq_len"):
         assert printed[key] > 0, key
     assert 0 < printed["flops_ratio"] < 2
-    assert printed["tokens_per_s"] == pytest.approx(printed["samples_per_s"] * printed["seq_len"])
+    assert printed["tokens_per_s"] == pytest.approx(printed["samples_per_s"] * printed["real_tokens"] / printed["batch_size"])
     assert "DeepSpeed" in printed["distributed"]
     assert printed["device_type"] == "cpu" and printed["device"]
     assert printed["matmul_size"] == 256
     assert "mfu" not in printed and "peak_gpu_mem_mb" not in printed  # CUDA-only fields
 
 
-def test_train_throughput_length_buckets_count_the_work_of_each_part(capsys):
+def test_train_throughput_packed_rows_count_the_work_of_the_packed_batch(capsys):
     args = ["--preset", "debug", "--steps", "1", "--warmup", "0", "--batch-size", "6", "--matmul-size", "256",
             "--vqa-turns", "6"]
     whole = train_throughput.main(args)
-    split = train_throughput.main(args + ["--length-buckets", "2"])
-    assert (whole["parts"], split["parts"]) == (1, 2)
-    assert whole["padded_positions"] == 6 * whole["seq_len"]  # one batch padded to its longest row
-    assert whole["real_tokens"] == split["real_tokens"] < split["padded_positions"] < whole["padded_positions"]
-    assert split["flops_per_step"] < whole["flops_per_step"]  # less padding, less work asked
+    packed = train_throughput.main(args + ["--max-tokens-per-row", "160"])
+    assert whole["rows"] == 6 and packed["rows"] < 6
+    assert whole["padded_positions"] == 6 * whole["seq_len"]  # one example per row, padded to the longest
+    assert whole["real_tokens"] == packed["real_tokens"] <= packed["padded_positions"] < whole["padded_positions"]
+    assert packed["flops_dense"] < whole["flops_dense"]  # fewer padded positions, less work asked
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
@@ -116,7 +116,9 @@ def test_synthetic_batch_mixes_the_three_tasks():
     assert batch.image_is_target.tolist() == [True, False, False] * 2  # generation, caption, vqa
     labelled = (batch.lm_labels != IGNORE_INDEX).sum(1).tolist()
     assert labelled[0] == 0 and labelled[1] == 13  # caption: 12 tokens + <eos>
-    assert batch.attention_mask.shape == (6, 1, batch.input_ids.shape[1], batch.input_ids.shape[1])
+    assert batch.num_examples == batch.num_rows == 6
+    packed = common.synthetic_batch(config, tokenizer, batch_size=6, caption_tokens=12, max_tokens_per_row=128)
+    assert packed.num_rows < 6 and packed.num_tokens == batch.num_tokens
 
 
 def test_flop_formula_matches_a_hand_count():

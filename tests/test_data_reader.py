@@ -17,7 +17,7 @@ from unimodal.data.write_shards import write_synthetic_shards
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
-IMAGE_TOKENS = 16
+PATCH_SIZE = 8  # 32x32 images: 4x4 = 16 patch positions
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def layout(tokenizer):
-    return SequenceLayout(tokenizer, IMAGE_TOKENS)
+    return SequenceLayout(tokenizer, PATCH_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,8 @@ def take(loader, n):
 
 def same_batches(a, b):
     for x, y in zip(a, b, strict=True):
-        for name in ("input_ids", "lm_labels", "attention_mask", "images", "image_starts", "image_is_target"):
+        for name in ("input_ids", "lm_labels", "example_rows", "example_starts", "example_lengths", "images",
+                     "image_rows", "image_starts", "image_grids", "image_is_target"):
             torch.testing.assert_close(getattr(x, name), getattr(y, name), rtol=0, atol=0)
 
 
@@ -68,8 +69,9 @@ def test_full_pipeline_with_two_workers(shards, tokenizer, layout):
     batches = list(loader)  # one epoch = epoch_batches
     assert len(batches) == 6 and loader.epoch == 1 and loader.num_samples == 24 and loader.skipped == {}
     batch = batches[0]
-    assert batch.images.shape == (4, 3, 32, 32) and batch.images.min() >= -1 and batch.images.max() <= 1
-    assert batch.attention_mask.shape[-1] == batch.input_ids.shape[1]
+    images = torch.stack(batch.images)
+    assert images.shape == (4, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert batch.num_examples == 4 and batch.example_lengths.sum() == batch.num_tokens
     tasks = torch.cat([b.image_is_target for b in batches])
     assert 0 < tasks.sum() < len(tasks)  # generation and image->text examples both occur
     # The same seed gives the same batches; another seed, others.
@@ -101,9 +103,25 @@ def test_length_multiple_pads_every_batch(shards, tokenizer, layout, num_workers
     for a, b in zip(plain, padded, strict=True):
         length = a.input_ids.shape[1]
         assert b.input_ids.shape[1] % 16 == 0 and 0 <= b.input_ids.shape[1] - length < 16
-        assert torch.equal(b.input_ids[:, :length], a.input_ids) and torch.equal(b.lengths, a.lengths)
+        assert torch.equal(b.input_ids[:, :length], a.input_ids) and torch.equal(b.example_lengths, a.example_lengths)
         assert (b.lm_labels[:, length:] == -100).all()
-        assert torch.equal(b.attention_mask[..., :length, :length], a.attention_mask)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_packed_rows_hold_the_same_examples(shards, tokenizer, layout, num_workers):
+    """`max_tokens_per_row` packs each batch's examples into fewer, fuller rows: the same examples,
+    tokens and items as one example per row, in rows of at most that many positions."""
+    plain = list(build_train_loader(config(shards, num_workers=num_workers), tokenizer, layout))
+    packed = list(build_train_loader(config(shards, num_workers=num_workers, max_tokens_per_row=256,
+                                            length_multiple=16, row_multiple=2), tokenizer, layout))
+    assert sum(b.num_rows for b in packed) < sum(b.num_rows for b in plain)
+    for a, b in zip(plain, packed, strict=True):
+        assert b.num_examples == a.num_examples and b.num_rows % 2 == 0 and b.input_ids.shape[1] <= 256
+        assert b.input_ids.shape[1] % 16 == 0
+        for e, index in enumerate(b.example_index.tolist()):
+            start, length = int(b.example_starts[e]), int(b.example_lengths[e])
+            assert torch.equal(b.input_ids[b.example_rows[e], start:start + length], a.input_ids[index, :length])
+        assert sorted(img.sum().item() for img in b.images) == sorted(img.sum().item() for img in a.images)
 
 
 def test_changed_reader_resumes_at_next_epoch(shards, tokenizer, layout, caplog):
@@ -213,8 +231,10 @@ def test_config_errors(shards, tokenizer, layout):
         DataConfig(task_weights={"captioning": 1.0})
     with pytest.raises(ValueError, match="length_multiple must be positive"):
         DataConfig(length_multiple=0)
-    with pytest.raises(ValueError, match="bucket_row_multiple must be positive"):
-        DataConfig(bucket_row_multiple=0)
+    with pytest.raises(ValueError, match="row_multiple must be positive"):
+        DataConfig(row_multiple=0)
+    with pytest.raises(ValueError, match="max_tokens_per_row must be >= 0"):
+        DataConfig(max_tokens_per_row=-1)
     with pytest.raises(ValueError, match="unknown DataConfig"):
         DataConfig.from_dict({"train_shard": "x"})
     with pytest.raises(ValueError, match="train_shards is empty"):
@@ -360,7 +380,7 @@ def test_class_labelled_shards_train_to_the_class_captions(class_shard):
     world = World()
     texts = [world.sample(i).caption for i in range(100)] + expected
     tokenizer = Tokenizer.train(texts, vocab_size=200)
-    layout = SequenceLayout(tokenizer, IMAGE_TOKENS)
+    layout = SequenceLayout(tokenizer, PATCH_SIZE)
     cfg = config(url, class_names=names, num_workers=1, resampled=False, batch_size=2, image_size=16,
                  task_weights={"caption": 1.0, "vqa": 0.0, "generation": 0.0}, caption_dropout=0.0)
     loader = build_train_loader(cfg, tokenizer, layout)

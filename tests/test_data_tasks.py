@@ -18,7 +18,7 @@ def layout():
     for i in range(100):
         sample = world.sample(i)
         texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
-    return SequenceLayout(Tokenizer.train(texts, vocab_size=150), num_image_tokens=4)
+    return SequenceLayout(Tokenizer.train(texts, vocab_size=150), patch_size=4)
 
 
 def taught(layout, example):

@@ -144,10 +144,10 @@ def test_cache_latents_and_read_them(tmp_path):
     torch.testing.assert_close(latents[5].image, HalfSizeCodec().encode(images[5].image[None])[0], atol=1e-3, rtol=0)
     tokenizer = Tokenizer.train([s.caption for s in images] + ["question: answer:"] +
                                 [q["question"] + " " + q["answer"] for s in images for q in s.metadata["qa"]], 150)
-    layout = SequenceLayout(tokenizer, 16)
+    layout = SequenceLayout(tokenizer, 8)
     cfg = DataConfig(train_shards=summary.pattern, latents=True, batch_size=4, num_workers=2, epoch_batches=3)
     batches = list(build_train_loader(cfg, tokenizer, layout))
-    assert len(batches) == 3 and batches[0].images.shape == (4, 3, 16, 16)
+    assert len(batches) == 3 and torch.stack(batches[0].images).shape == (4, 3, 16, 16)
     # Reading image shards as latents counts every sample as missing its latent.
     missing = build_train_loader(DataConfig(train_shards=shards.pattern, latents=True, num_workers=0,
                                             resampled=False), tokenizer, layout)

@@ -5,9 +5,10 @@ import torch
 from torch.testing import assert_close
 from transformers import Qwen2Config, Qwen2Model
 
+from unimodal import attention
 from unimodal.config import ModelConfig
 from unimodal.decode_step import StaticKVDecoder
-from unimodal.layout import SequenceLayout, build_attention_mask
+from unimodal.layout import SequenceLayout
 from unimodal.model import UniModalModel
 from unimodal.sampling import decode_text
 
@@ -16,12 +17,11 @@ def mixed_inputs(model: UniModalModel, num_rows: int = 2, total: int = 24, image
     """Random embeddings with an image block, left padding on row 0, and the mask/positions to match."""
     generator = torch.Generator().manual_seed(0)
     embeds = torch.randn(num_rows, total, model.config.hidden_size, generator=generator)
-    valid = torch.ones(num_rows, total, dtype=torch.bool)
-    valid[0, :2] = False  # left padding
-    num_tokens = 6
-    mask = build_attention_mask(valid, torch.arange(num_rows), torch.full((num_rows,), image_start + 2), num_tokens)
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    return embeds, mask, positions
+    starts = torch.tensor([2] + [0] * (num_rows - 1))  # left padding on row 0
+    segments = attention.token_segments(num_rows, total, torch.arange(num_rows), starts, total - starts,
+                                        torch.arange(num_rows), torch.full((num_rows,), image_start + 2),
+                                        torch.full((num_rows,), 6))
+    return embeds, attention.dense_mask(segments), attention.positions(segments)
 
 
 @pytest.mark.parametrize("backbone,num_kv_heads", [("llama", None), ("llama", 1), ("qwen2", 2)])
@@ -77,9 +77,9 @@ def test_unsupported_decoders_are_refused_and_decoding_falls_back(tokenizer, mon
     # A model whose decoder is refused still decodes, through the transformers cache, to the same tokens.
     model = UniModalModel(ModelConfig.preset("debug", vocab_size=tokenizer.vocab_size)).eval()
     latents = torch.rand(1, 3, model.config.latent_size, model.config.latent_size) * 2 - 1
-    prompt = SequenceLayout(tokenizer, model.config.num_image_tokens).caption_prompt(latents[0])
-    args = (model, [prompt], latents, tokenizer.pad_id, -1, 6)
-    lean = decode_text(*args)
+    layout = SequenceLayout(tokenizer, model.config.input_patch_size(latents=True))
+    prompt = layout.caption_prompt(latents[0])
+    lean = decode_text(model, layout, [prompt], 6, eos_id=-1)
     monkeypatch.setattr(StaticKVDecoder, "supports", staticmethod(lambda decoder: False))
-    fallback = decode_text(*args)
+    fallback = decode_text(model, layout, [prompt], 6, eos_id=-1)
     assert lean == fallback and len(lean[0]) == 6

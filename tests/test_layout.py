@@ -1,22 +1,22 @@
-import itertools
 import random
 
 import pytest
 import torch
 
-from unimodal.layout import IGNORE_INDEX, SequenceLayout, _fewest_padded_cuts, build_attention_mask, rope_positions
+from unimodal import attention
+from unimodal.layout import IGNORE_INDEX, SequenceLayout, pack_rows
 
 
 def test_examples_place_tokens_and_labels(tokenizer):
-    layout = SequenceLayout(tokenizer, num_image_tokens=4)
-    img = torch.zeros(3, 8, 8)
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    img = torch.zeros(3, 8, 8)  # 2 x 2 patches
     caption_ids = tokenizer.encode("a red circle")
     example = layout.caption(img, "a red circle")
     boi, eoi = tokenizer.boi_id, tokenizer.eoi_id
     assert example.input_ids == [tokenizer.bos_id, boi, *[tokenizer.pad_id] * 4, eoi, *caption_ids, tokenizer.eos_id]
     # position i predicts token i + 1: <eoi> predicts the first caption token, the last one <eos>
     assert example.lm_labels == [IGNORE_INDEX] * 6 + caption_ids + [tokenizer.eos_id, IGNORE_INDEX]
-    assert example.image_starts == [2] and example.image_is_target == [False]
+    assert example.image_starts == [2] and example.image_is_target == [False] and example.image_grids == [(2, 2)]
 
     generation = layout.generation("a red circle", img)
     assert generation.image_starts == [2 + len(caption_ids)] and generation.image_is_target == [True]
@@ -27,22 +27,65 @@ def test_examples_place_tokens_and_labels(tokenizer):
     assert labelled == tokenizer.encode("red") + [tokenizer.eos_id]
 
 
-def test_mask_is_causal_bidirectional_in_images_and_ignores_padding():
-    valid = torch.tensor([[True] * 7 + [False]])
-    # one image of 3 patches at positions 2..4 in a length-8 row with one padding slot
-    mask = build_attention_mask(valid, torch.tensor([0]), torch.tensor([2]), num_image_tokens=3)[0, 0]
-    assert mask.shape == (8, 8)
+def test_items_of_any_grid_take_rows_times_cols_positions(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    wide = layout.caption_prompt(torch.zeros(3, 8, 24))  # 2 x 6 patches
+    assert wide.image_grids == [(2, 6)] and len(wide.input_ids) == 1 + 1 + 12 + 1
+    with pytest.raises(ValueError, match="not a whole number of 4x4 patches"):
+        layout.caption_prompt(torch.zeros(3, 8, 10))
+
+
+def segments_of(layout, examples, **pack):
+    batch = layout.pack(examples, **pack) if pack else layout.collate(examples)
+    return batch, attention.segments_of(batch)
+
+
+def test_mask_is_causal_bidirectional_in_images_and_ignores_padding(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    caption = layout.caption(torch.zeros(3, 4, 12), "a")  # <bos> <boi> 3 patches <eoi> a <eos>
+    batch, segments = segments_of(layout, [caption, layout.text("a red circle and a blue square at the top left")])
+    mask = attention.dense_mask(segments)[0, 0]
+    length = len(caption)
+    assert mask.shape[0] == batch.input_ids.shape[1] > length  # row 0 is padded
     assert mask[2, 4] and mask[4, 2]  # patches see each other both ways
     assert not mask[1, 2]  # text before the image does not see it
     assert mask[5, 2:5].all()  # text after the image sees all of it
-    assert not mask[:, 7][:7].any()  # nobody attends to padding
-    assert mask[7, 7] and mask[7].sum() == 1  # a padding query sees only itself (no NaN rows)
-    expected_text = torch.tril(torch.ones(2, 2, dtype=torch.bool))
-    assert torch.equal(mask[:2, :2], expected_text)
+    assert not mask[:length, length:].any()  # nobody attends to padding
+    assert mask[length, length]  # a padding query sees at least itself (no NaN rows)
+    assert torch.equal(mask[:2, :2], torch.tril(torch.ones(2, 2, dtype=torch.bool)))
+
+
+def test_packed_examples_never_see_each_other_and_restart_positions(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    first = layout.caption(torch.zeros(3, 4, 8), "a red")
+    second = layout.generation("a blue", torch.zeros(3, 4, 4))
+    batch, segments = segments_of(layout, [first, second], max_tokens_per_row=64)
+    assert batch.num_rows == 1 and batch.example_starts.tolist() == [0, len(first)]
+    mask = attention.dense_mask(segments)[0, 0]
+    a, b = len(first), len(first) + len(second)
+    assert not mask[a:b, :a].any() and not mask[:a, a:b].any()
+    for shared in (False, True):
+        packed = attention.positions(segments, shared)[0]
+        alone = [attention.positions(segments_of(layout, [e])[1], shared)[0, : len(e)] for e in (first, second)]
+        assert torch.equal(packed[:b], torch.cat(alone))
+
+
+def test_positions_sequence_and_shared_with_left_padding(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    long_prompt = layout.vqa_prompt(torch.zeros(3, 4, 12), "what")
+    short_prompt = layout.caption_prompt(torch.zeros(3, 4, 12))  # <bos> <boi> 3 patches <eoi>
+    batch = layout.left_pad([long_prompt, short_prompt])
+    segments = attention.segments_of(batch)
+    offset = len(long_prompt) - len(short_prompt)
+    sequence = attention.positions(segments)[1, offset:]
+    assert sequence.tolist() == list(range(len(short_prompt)))
+    shared = attention.positions(segments, shared_item_position=True)[1, offset:]
+    # Every patch takes its item's first position; what follows continues one past it.
+    assert shared.tolist() == [0, 1, 2, 2, 2, 3]
 
 
 def test_collate_pads_and_indexes_several_images(tokenizer):
-    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    layout = SequenceLayout(tokenizer, patch_size=4)
     first, second = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
     two_images = layout.caption(first, "a")
     two_images.input_ids += [tokenizer.boi_id] + [tokenizer.pad_id] * 4 + [tokenizer.eoi_id]
@@ -50,12 +93,13 @@ def test_collate_pads_and_indexes_several_images(tokenizer):
     two_images.images.append(second)
     two_images.image_starts.append(len(two_images.input_ids) - 5)
     two_images.image_is_target.append(True)
+    two_images.image_grids.append((2, 2))
     batch = layout.collate([layout.text("a red circle"), two_images], pad_to_multiple_of=8)
     assert batch.input_ids.shape[1] % 8 == 0
-    assert batch.image_batch_index.tolist() == [1, 1]
+    assert batch.image_rows.tolist() == [1, 1]
     assert batch.image_is_target.tolist() == [False, True]
     assert torch.equal(batch.images[1], second)
-    mask = batch.attention_mask[1, 0]
+    mask = attention.dense_mask(attention.segments_of(batch))[1, 0]
     start = batch.image_starts[1]
     assert mask[start, start + 3] and not mask[start - 1, start]
     with pytest.raises(ValueError, match="at least one"):
@@ -63,7 +107,7 @@ def test_collate_pads_and_indexes_several_images(tokenizer):
 
 
 def test_vqa_turns_teach_every_answer_and_start_like_the_prompt(tokenizer):
-    layout = SequenceLayout(tokenizer, num_image_tokens=4)
+    layout = SequenceLayout(tokenizer, patch_size=4)
     img = torch.zeros(3, 8, 8)
     pairs = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")]
     example = layout.vqa_turns(img, pairs)
@@ -77,96 +121,36 @@ def test_vqa_turns_teach_every_answer_and_start_like_the_prompt(tokenizer):
         layout.vqa_turns(img, [])
 
 
-def test_rope_positions_sequence_and_shared_with_left_padding():
-    # Row 0: <bos> <boi> 3 patches <eoi> a b; row 1: two pads, then <boi> 3 patches <eoi> (left padded).
-    valid = torch.tensor([[True] * 8, [False, False] + [True] * 6])
-    batch_index, starts = torch.tensor([0, 1]), torch.tensor([2, 3])
-    sequence = rope_positions(valid, batch_index, starts, 3, "sequence")
-    assert sequence.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 1, 2, 3, 4, 5]]
-    shared = rope_positions(valid, batch_index, starts, 3, "shared")
-    # Every patch takes its image's first position; what follows continues one past it.
-    assert shared.tolist() == [[0, 1, 2, 2, 2, 3, 4, 5], [0, 0, 0, 1, 1, 1, 2, 3]]
-    none = rope_positions(valid[:1], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 3, "shared")
-    assert none.tolist() == [list(range(8))]
+def test_guided_generation_prompts_are_conditional_then_unconditional_rows(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    items = [torch.zeros(3, 4, 8), torch.zeros(3, 4, 8)]
+    prompts = layout.guided_generation_prompts(["a red circle", "a"], items, guidance=True)
+    assert len(prompts) == 4
+    assert prompts[2].input_ids == [tokenizer.bos_id, tokenizer.boi_id] + [tokenizer.pad_id] * 2
+    assert prompts[0].input_ids[-3:] == [tokenizer.boi_id] + [tokenizer.pad_id] * 2  # no <eoi> while sampling
+    batch = layout.left_pad(prompts)
+    assert (batch.image_starts == batch.input_ids.shape[1] - 2).all()  # every item in the last columns
+    assert len(layout.guided_generation_prompts(["a"], items[:1], guidance=False)) == 1
 
 
-def mixed_length_examples(layout, tokenizer):
-    """Short and long sequences with images in different places: text, captions, many-turn VQA."""
-    img = [torch.full((3, 8, 8), float(value)) for value in range(5)]
-    turns = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")] * 3
-    return [layout.caption(img[0], "a red circle"), layout.vqa_turns(img[1], turns), layout.text("a"),
-            layout.generation("a large blue square", img[2]), layout.vqa_turns(img[3], turns),
-            layout.caption(img[4], "a small green triangle")]
-
-
-def test_split_by_length_equals_collating_each_group(tokenizer):
-    layout = SequenceLayout(tokenizer, num_image_tokens=4)
-    examples = mixed_length_examples(layout, tokenizer)
-    batch = layout.collate(examples)
-    parts = batch.split_by_length(2)
-    assert len(parts) == 2
-    lengths = [len(e) for e in examples]
-    long_rows = {i for i, n in enumerate(lengths) if n == max(lengths)}
-    assert parts[1].lengths.tolist() == [max(lengths)] * len(long_rows)  # the two VQA rows, together
-    padded = sum(part.input_ids.numel() for part in parts)
-    assert padded < batch.input_ids.numel() and sum(p.input_ids.shape[0] for p in parts) == len(examples)
-    order = sorted(range(len(examples)), key=lengths.__getitem__)
-    start = 0
-    for part in parts:
-        rows = order[start:start + part.input_ids.shape[0]]
-        start += len(rows)
-        alone = layout.collate([examples[i] for i in rows])
-        for name in ("input_ids", "lm_labels", "attention_mask", "lengths", "images", "image_batch_index",
-                     "image_starts", "image_is_target"):
-            assert torch.equal(getattr(part, name), getattr(alone, name)), name
-    assert batch.split_by_length(1) == [batch]  # one part is the batch itself, rows unsorted
-
-
-def test_split_by_length_with_row_and_length_multiples(tokenizer):
-    """Parts of a multiple of `row_multiple` rows (the last excepted), each padded to a multiple of
-    `length_multiple`: what collating the part's rows with that `pad_to_multiple_of` gives."""
-    layout = SequenceLayout(tokenizer, num_image_tokens=4)
-    examples = mixed_length_examples(layout, tokenizer)
-    batch = layout.collate(examples, pad_to_multiple_of=8)
-    assert batch.input_ids.shape[1] % 8 == 0
-    parts = batch.split_by_length(2, row_multiple=4, length_multiple=8)
-    assert [part.input_ids.shape[0] for part in parts] == [4, 2]  # 4 short rows, then the two VQA rows
-    lengths = [len(e) for e in examples]
-    order = sorted(range(len(examples)), key=lengths.__getitem__)
-    start = 0
-    for part in parts:
-        assert part.input_ids.shape[1] % 8 == 0
-        rows = order[start:start + part.input_ids.shape[0]]
-        start += len(rows)
-        alone = layout.collate([examples[i] for i in rows], pad_to_multiple_of=8)
-        for name in ("input_ids", "lm_labels", "attention_mask", "lengths", "images", "image_batch_index",
-                     "image_starts", "image_is_target"):
-            assert torch.equal(getattr(part, name), getattr(alone, name)), name
-    # A row multiple that fits no cut leaves the batch whole.
-    assert batch.split_by_length(2, row_multiple=8, length_multiple=8) == [batch]
-
-
-def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
-    assert _fewest_padded_cuts([1, 1, 1, 10, 10], 2) == [3, 5]
-    assert _fewest_padded_cuts([1, 1, 1, 10, 10], 1) == [5]
-    assert _fewest_padded_cuts([1, 5, 5, 9], 3) == [1, 3, 4]
-    assert _fewest_padded_cuts([4, 4, 4], 3) == [3]  # splitting equal rows saves nothing
-    assert _fewest_padded_cuts([2, 3], 8) == [1, 2]  # never more parts than rows
-
-    def padded(lengths, ends):
-        starts = [0] + ends[:-1]
-        return sum((end - start) * lengths[end - 1] for start, end in zip(starts, ends))
-
+def test_pack_rows_is_best_fit_decreasing_and_never_overfills():
+    assert pack_rows([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
+    assert pack_rows([9, 2], 8) == [[0], [1]]  # too long for a row: a row of its own
     rng = random.Random(0)
-    for _ in range(200):  # against every way of cutting a short sorted list
-        lengths = sorted(rng.randint(1, 9) for _ in range(rng.randint(1, 7)))
-        parts = rng.randint(1, 4)
-        cuts = [list(c) + [len(lengths)] for r in range(parts) for c in itertools.combinations(range(1, len(lengths)), r)]
-        ends = _fewest_padded_cuts(lengths, parts)
-        assert len(ends) <= parts and ends[-1] == len(lengths)
-        assert padded(lengths, ends) == min(padded(lengths, c) for c in cuts)
-        multiple = rng.randint(2, 3)  # cuts only after a multiple of rows, inside runs of equal lengths too
-        allowed = [c for c in cuts if all(end % multiple == 0 for end in c[:-1])]
-        ends = _fewest_padded_cuts(lengths, parts, multiple)
-        assert ends in allowed and padded(lengths, ends) == min(padded(lengths, c) for c in allowed)
-    assert _fewest_padded_cuts([1] * 5 + [10] * 3, 2, row_multiple=2) == [4, 8]  # inside the run of 1s
+    for _ in range(200):
+        lengths = [rng.randint(1, 10) for _ in range(rng.randint(1, 12))]
+        rows = pack_rows(lengths, 12)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= 12 or len(row) == 1 for row in rows)
+        assert len(rows) <= len(lengths)
+        # never worse than first-fit decreasing's bound: at most 11/9 OPT + 1 rows, OPT >= total / 12
+        assert len(rows) <= 11 / 9 * max(1, -(-sum(lengths) // 12)) + 1
+
+
+def test_pack_adds_empty_rows_to_a_row_multiple_and_pads_length(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    examples = [layout.text("a red circle"), layout.caption(torch.zeros(3, 8, 8), "a")]
+    batch = layout.pack(examples, max_tokens_per_row=8, pad_to_multiple_of=16, row_multiple=4)
+    assert batch.input_ids.shape == (4, 16)
+    assert batch.num_examples == 2 and batch.num_tokens == sum(len(e) for e in examples)
+    assert sorted(batch.example_index.tolist()) == [0, 1]

@@ -10,9 +10,9 @@ from transformers import LlamaForCausalLM
 
 from unimodal.codecs import PixelCodec
 from unimodal.config import ModelConfig
-from unimodal.diffusion import make_process
 from unimodal.layout import SequenceLayout
-from unimodal.model import UniModalModel, combine_outputs, noise_images
+from unimodal.model import UniModalModel
+from unimodal.objective import Objective
 from unimodal.pretrained import load_export, save_export
 
 
@@ -33,9 +33,20 @@ def zero_times(batch):
     return torch.zeros(batch.num_images)
 
 
+def make_layout(tokenizer, config):
+    return SequenceLayout(tokenizer, config.input_patch_size())
+
+
+def scored(model, batch, seed=0):
+    """Noise the batch's items (a fixed generator), forward, and the objective's losses."""
+    objective = Objective(model.config)
+    noised = objective.noise(batch.images, batch.image_is_target, torch.Generator().manual_seed(seed))
+    return objective.losses(model(batch.with_images(noised.images), noised.timesteps), batch, noised.targets)
+
+
 def test_text_only_equals_plain_causal_lm(tokenizer, debug_config):
     model = build(debug_config)
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     batch = layout.collate([layout.text("a small green triangle in the center")])
     ours = model(batch, zero_times(batch)).lm_logits
     reference = LlamaForCausalLM(model.decoder.config)
@@ -47,7 +58,7 @@ def test_text_only_equals_plain_causal_lm(tokenizer, debug_config):
 
 def test_image_attention_is_bidirectional_inside_and_causal_outside(tokenizer, debug_config):
     model = build(debug_config)
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     picture = image(debug_config, 1)
     example = layout.generation("a red circle", picture)
     start = example.image_starts[0]
@@ -68,7 +79,7 @@ def test_image_attention_is_bidirectional_inside_and_causal_outside(tokenizer, d
 
 def test_padding_changes_nothing(tokenizer, debug_config):
     model = build(debug_config)
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     short = layout.caption(image(debug_config, 2), "a red circle")
     long = layout.vqa(image(debug_config, 3), "how many shapes are there?", "2")
     alone = layout.collate([short])
@@ -77,7 +88,7 @@ def test_padding_changes_nothing(tokenizer, debug_config):
     out_padded = model(padded, zero_times(padded))
     length = len(short)
     assert_close(out_padded.lm_logits[0, :length], out_alone.lm_logits[0], atol=1e-5, rtol=1e-5)
-    assert_close(out_padded.denoise_pred[0], out_alone.denoise_pred[0], atol=1e-5, rtol=1e-5)
+    assert_close(out_padded.denoise_pred[: debug_config.num_image_tokens], out_alone.denoise_pred, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["flow", "ddpm"])
@@ -85,7 +96,7 @@ def test_tiny_model_overfits_a_mixed_batch(tokenizer, debug_config, objective):
     debug_config.objective = objective
     torch.manual_seed(0)
     model = UniModalModel(debug_config)
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     batch = layout.collate([
         layout.generation("a red circle", image(debug_config, 4)),
         layout.caption(image(debug_config, 5), "a small green triangle in the center"),
@@ -93,13 +104,13 @@ def test_tiny_model_overfits_a_mixed_batch(tokenizer, debug_config, objective):
         layout.generation("a blue square", image(debug_config, 7)),
     ])
     # A fixed batch: fixed noise and times, so the denoise target is learnable by heart.
-    noised, timesteps, target = noise_images(make_process(debug_config), batch.images, batch.image_is_target,
-                                             0.0, torch.Generator().manual_seed(0))
-    batch = batch.with_images(noised)
+    objective = Objective(debug_config)
+    noised = objective.noise(batch.images, batch.image_is_target, torch.Generator().manual_seed(0))
+    noisy_batch = batch.with_images(noised.images)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(300):
-        out = model(batch, timesteps, target)
+        out = objective.losses(model(noisy_batch, noised.timesteps), batch, noised.targets)
         first = first or (out.lm_loss.item(), out.denoise_loss.item())
         optimizer.zero_grad()
         out.loss.backward()
@@ -110,7 +121,7 @@ def test_tiny_model_overfits_a_mixed_batch(tokenizer, debug_config, objective):
 
 def test_save_load_reproduces_outputs_exactly(tokenizer, debug_config, tmp_path):
     model = build(debug_config)
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     batch = layout.collate([layout.generation("a red circle", image(debug_config, 8)),
                             layout.caption(image(debug_config, 9), "a red circle")])
     timesteps = torch.tensor([0.7, 0.0])
@@ -147,58 +158,100 @@ assert not loaded, f"the inference path imported {{loaded}}"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("pad,split", [(1, (3, 1, 1)), (8, (3, 2, 8))])
-def test_length_split_batch_gives_the_whole_batchs_losses_and_gradients(tokenizer, debug_config, pad, split):
-    """`Batch.split_by_length` + `combine_outputs` is an exact rewrite of one padded forward, also
-    with extra padding (`pad_to_multiple_of`, and parts of row and length multiples)."""
-    model = build(debug_config).train()
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+def mixed_examples(layout, config, sizes=None):
+    """Short and long sequences, images of several sizes (any aspect) in different places."""
+    sizes = sizes or [(config.image_size, config.image_size)] * 5
+    img = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i, (h, w) in enumerate(sizes)]
     turns = [("what colour is the circle?", "red"), ("how many shapes are there?", "2")] * 4
-    examples = [layout.caption(image(debug_config, 0), "a red circle"), layout.vqa_turns(image(debug_config, 1), turns),
-                layout.generation("a large blue square", image(debug_config, 2)), layout.text("a small green"),
-                layout.vqa_turns(image(debug_config, 3), turns[:3]), layout.generation("", image(debug_config, 4))]
-    batch = layout.collate(examples, pad_to_multiple_of=pad)
-    process = make_process(debug_config)
-    noised, times, target = noise_images(process, batch.images, batch.image_is_target, 0.0,
-                                         torch.Generator().manual_seed(0))
-    whole = model(batch.with_images(noised), times, target)
-    whole.loss.backward()
-    whole_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
+    return [layout.caption(img[0], "a red circle"), layout.vqa_turns(img[1], turns),
+            layout.generation("a large blue square", img[2]), layout.text("a small green"),
+            layout.vqa_turns(img[3], turns[:3]), layout.generation("", img[4])]
 
-    parts, outputs = batch.with_images(noised).split_by_length(*split), []
-    assert len(parts) > 1
-    for part in parts:  # each part's images are some of the batch's: find them to pick times and targets
-        index = [next(n for n in range(len(noised)) if torch.equal(noised[n], img)) for img in part.images]
-        outputs.append(model(part, times[index], target[index]))
-    merged = combine_outputs(outputs, debug_config)
-    assert_close(merged.lm_loss, whole.lm_loss)
-    assert_close(merged.denoise_loss, whole.denoise_loss)
-    assert_close(merged.loss, whole.loss)
-    assert merged.num_lm_tokens == whole.num_lm_tokens and merged.num_target_images == 2
-    merged.loss.backward()
-    for param, expected in zip(model.parameters(), whole_grads):
-        assert_close(param.grad, expected, atol=1e-6, rtol=1e-4)
+
+def losses_and_grads(model, batch):
+    model.zero_grad()
+    losses = scored(model, batch)
+    losses.loss.backward()
+    return losses, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("sizes", [None, [(16, 16), (8, 24), (24, 8), (16, 16), (8, 16)]])
+def test_packed_rows_give_the_losses_and_gradients_of_one_example_per_row(tokenizer, debug_config, sizes):
+    """Packing is an exact rewrite: examples packed several to a row (with padding, empty rows and
+    items of several grids) train as the same examples collated one per row."""
+    model = build(debug_config).train()
+    layout = make_layout(tokenizer, debug_config)
+    examples = mixed_examples(layout, debug_config, sizes)
+    packed = layout.pack(examples, max_tokens_per_row=96, pad_to_multiple_of=8, row_multiple=4)
+    assert packed.num_rows < len(examples) and packed.input_ids.shape[1] % 8 == 0
+    alone = layout.collate([examples[i] for i in packed.example_index.tolist()])  # the packed order of items
+    (packed_losses, packed_grads), (alone_losses, alone_grads) = (losses_and_grads(model, b) for b in (packed, alone))
+    for name in ("lm_loss", "denoise_loss", "loss"):
+        assert_close(getattr(packed_losses, name), getattr(alone_losses, name), atol=1e-5, rtol=1e-5)
+    assert packed_losses.num_lm_tokens == alone_losses.num_lm_tokens and packed_losses.num_target_images == 2
+    for (name, _), got, expected in zip(model.named_parameters(), packed_grads, alone_grads):
+        assert_close(got, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_items_of_several_sizes_in_one_batch_equal_each_alone(tokenizer, debug_config):
+    model = build(debug_config)
+    layout = make_layout(tokenizer, debug_config)
+    items = [image(debug_config, 0), torch.rand(3, 8, 24) * 2 - 1, torch.rand(3, 24, 8) * 2 - 1]
+    examples = [layout.generation("a red circle", item) for item in items]
+    times = torch.tensor([0.3, 0.6, 0.9])
+    batch = layout.collate(examples)
+    together = model(batch, times)
+    offset = 0
+    for index, example in enumerate(examples):
+        single = layout.collate([example])
+        alone = model(single, times[index: index + 1])
+        count = alone.denoise_pred.shape[0]
+        assert_close(together.denoise_pred[offset: offset + count], alone.denoise_pred, atol=1e-5, rtol=1e-5)
+        assert_close(together.lm_logits[index, : len(example)], alone.lm_logits[0], atol=1e-5, rtol=1e-5)
+        offset += count
+
+
+def test_flex_attention_gives_the_sdpa_outputs(tokenizer, debug_config):
+    """The FlexAttention BlockMask path (CUDA's default) computes what the dense SDPA mask does; on
+    the CPU the forward is compared (flex has no CPU backward), on CUDA gradients too."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layout = make_layout(tokenizer, debug_config)
+    batch = layout.pack(mixed_examples(layout, debug_config), max_tokens_per_row=128).to(device)
+    outputs = {}
+    for backend in ("sdpa", "flex"):
+        debug_config.attention = backend
+        model = build(debug_config).to(device)
+        if device == "cpu":
+            with torch.no_grad():
+                outputs[backend] = model(batch, torch.full((batch.num_images,), 0.5, device=device))
+        else:
+            losses, grads = losses_and_grads(model.train(), batch)
+            outputs[backend] = (losses, grads)
+    if device == "cpu":
+        assert_close(outputs["flex"].lm_logits, outputs["sdpa"].lm_logits, atol=1e-4, rtol=1e-4)
+        assert_close(outputs["flex"].denoise_pred, outputs["sdpa"].denoise_pred, atol=1e-4, rtol=1e-4)
+    else:
+        assert_close(outputs["flex"][0].loss, outputs["sdpa"][0].loss, atol=1e-4, rtol=1e-4)
+        for got, expected in zip(outputs["flex"][1], outputs["sdpa"][1]):
+            assert_close(got, expected, atol=1e-4, rtol=1e-3)
 
 
 def test_compiled_layers_give_the_eager_losses_and_gradients(tokenizer, debug_config):
     """`compile_layers` (regional torch.compile, dynamic shapes) changes speed, not results: the
     same losses and gradients over two batches of different lengths, and the same parameter names."""
-    layout = SequenceLayout(tokenizer, debug_config.num_image_tokens)
+    layout = make_layout(tokenizer, debug_config)
     batches = [layout.collate([layout.caption(image(debug_config, 0), "a red circle"),
                                layout.generation("a large blue square", image(debug_config, 1))]),
                layout.collate([layout.vqa_turns(image(debug_config, 2), [("how many shapes are there?", "2")] * 3),
                                layout.generation("", image(debug_config, 3)), layout.text("a small green")])]
-    process = make_process(debug_config)
     eager, compiled = build(debug_config).train(), build(debug_config).train()
     names = [name for name, _ in compiled.named_parameters()]
     compiled.compile_layers()
     assert [name for name, _ in compiled.named_parameters()] == names
     assert list(compiled.state_dict()) == list(eager.state_dict())
     for batch in batches:
-        noised, times, target = noise_images(process, batch.images, batch.image_is_target, 0.0,
-                                             torch.Generator().manual_seed(0))
-        outputs = [model(batch.with_images(noised), times, target) for model in (eager, compiled)]
+        outputs = [scored(model, batch) for model in (eager, compiled)]
         assert_close(outputs[1].loss, outputs[0].loss, atol=1e-5, rtol=1e-5)
         for output in outputs:
             output.loss.backward()

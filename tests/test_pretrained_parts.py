@@ -29,7 +29,7 @@ def test_llm_backbone_loads_from_local_folder_and_grows_vocab(tokenizer, tmp_pat
     assert_close(model.decoder.embed_tokens.weight[:100], llm.model.embed_tokens.weight)
     assert_close(model.lm_head.weight[:100], llm.lm_head.weight)
     # The export rebuilds the same architecture without the original folder.
-    layout = SequenceLayout(tokenizer, config.num_image_tokens)
+    layout = SequenceLayout(tokenizer, config.input_patch_size())
     batch = layout.collate([layout.caption(torch.zeros(3, 16, 16), "a red circle")])
     save_export(tmp_path / "export", model, tokenizer, build_codec(config))
     (tmp_path / "llm" / "config.json").unlink()

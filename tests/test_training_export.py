@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_training_support import run_args, shard_dir  # noqa: F401  (fixture)
 
-from unimodal.diffusion import make_process
-from unimodal.model import noise_images
+from unimodal.codecs import encode_items
+from unimodal.objective import Objective
 from unimodal.pretrained import load_export
 from unimodal.training.config import load_run_config
 from unimodal.training.train import finish, prepare_run
@@ -25,18 +25,19 @@ def test_export_equals_engine_ema(tmp_path, shard_dir, zero_stage):  # noqa: F81
 
     batch = next(iter(run.loop.ctx.loader))
     generator = torch.Generator().manual_seed(0)
-    noised, timesteps, target = noise_images(make_process(model.config), codec.encode(batch.images),
-                                             batch.image_is_target, 0.0, generator)
-    noised_batch = batch.with_images(noised)
+    objective = Objective(model.config)
+    noised = objective.noise(encode_items(codec, batch.images), batch.image_is_target, generator)
+    noised_batch = batch.with_images(noised.images)
     with torch.no_grad():
-        exported = model(noised_batch, timesteps, target)
+        exported = model(noised_batch, noised.timesteps)
         with run.ema.applied():
             engine_module = run.engine.module.eval()
-            reference = engine_module(noised_batch, timesteps, target)
-        trained = run.engine.module(noised_batch, timesteps, target)  # EMA swapped back out
+            reference = engine_module(noised_batch, noised.timesteps)
+        trained = run.engine.module(noised_batch, noised.timesteps)  # EMA swapped back out
     torch.testing.assert_close(exported.lm_logits, reference.lm_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(exported.denoise_pred, reference.denoise_pred, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(exported.loss, reference.loss, rtol=1e-5, atol=1e-5)
+    losses = [objective.losses(out, batch, noised.targets).loss for out in (exported, reference)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(trained.lm_logits, reference.lm_logits)  # the swap was undone
 
     ema_weights = run.ema.weights()

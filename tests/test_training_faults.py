@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_training_support import REPO, events, losses_by_step, run_args, shard_dir, subprocess_env  # noqa: F401
 
-from unimodal.model import UniModalModel
+from unimodal.objective import Objective
 from unimodal.training import checkpoint
 from unimodal.training.checkpoint import LATEST, META, PAUSE_ENV, TMP_PREFIX, latest_checkpoint, tag_for
 from unimodal.training.loop import TrainingLoop
@@ -105,17 +105,17 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, shard_dir): 
 
 
 def _poison_losses(monkeypatch, bad_calls):
-    """Make the model's loss NaN on the given forward calls (1-based)."""
-    forward, calls = UniModalModel.forward, {"n": 0}
+    """Make the training loss NaN on the given micro-batches (1-based calls of the objective)."""
+    losses, calls = Objective.losses, {"n": 0}
 
     def poisoned(self, *args, **kwargs):
-        output = forward(self, *args, **kwargs)
+        output = losses(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] in bad_calls(calls["n"]) and output.loss is not None:
+        if calls["n"] in bad_calls(calls["n"]):
             output.loss = output.loss * float("nan")
         return output
 
-    monkeypatch.setattr(UniModalModel, "forward", poisoned)
+    monkeypatch.setattr(Objective, "losses", poisoned)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])

@@ -15,7 +15,7 @@ from unimodal.training.train import main
 
 
 # The ZeRO-3 run also splits its micro-batches by length (several forwards before one backward).
-@pytest.mark.parametrize("zero_stage,data_extra", [(0, []), (3, ["data.length_buckets=2", "data.vqa_turns=4"])])
+@pytest.mark.parametrize("zero_stage,data_extra", [(0, []), (3, ["data.max_tokens_per_row=256", "data.vqa_turns=4"])])
 def test_resume_matches_uninterrupted_run(tmp_path, shard_dir, zero_stage, data_extra):  # noqa: F811
     extra = [f"deepspeed.zero_stage={zero_stage}", *data_extra]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"

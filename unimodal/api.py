@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .codecs import encode_items
 from .diffusion import default_scheduler_name, make_process
 from .images import to_model_tensor, to_pil
 from .layout import SequenceLayout
@@ -37,7 +38,7 @@ class UniModal:
         self.tokenizer = tokenizer
         self.codec = codec
         self.config = model.config
-        self.layout = SequenceLayout(tokenizer, model.config.num_image_tokens)
+        self.layout = SequenceLayout(tokenizer, model.config.input_patch_size(latents=True))
         self.process = make_process(model.config)
 
     # ---- loading / saving ----
@@ -72,11 +73,12 @@ class UniModal:
         """Describe each image. Images may be paths, encoded bytes, PIL images, numpy arrays or
         tensors in any usual layout and size, decoded by the project's one input rule
         (`unimodal.images.to_model_tensor`: EXIF orientation, alpha on white, value range by dtype
-        with floats in [0, 1]), then resized (shorter side) and center-cropped to the model's
-        resolution. Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
+        with floats in [0, 1]), then sized by the model's rule (`ModelConfig.image_geometry()`:
+        center-cropped to its square, or, for `image_resize="native"`, kept at their aspect ratio in
+        the nearest bucket of about the same pixel count); images of several sizes batch together. Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
         latents = self._encode_images(images, "images")
         prompts = [self.layout.caption_prompt(latent) for latent in latents]
-        return self._decode(prompts, latents, max_new_tokens, temperature, top_p, seed)
+        return self._decode(prompts, max_new_tokens, temperature, top_p, seed)
 
     def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
@@ -87,10 +89,10 @@ class UniModal:
             raise ValueError(f"answer needs one question per image: got {len(latents)} images and "
                              f"{len(questions)} questions")
         prompts = [self.layout.vqa_prompt(latent, q) for latent, q in zip(latents, questions)]
-        return self._decode(prompts, latents, max_new_tokens, temperature, top_p, seed)
+        return self._decode(prompts, max_new_tokens, temperature, top_p, seed)
 
     @torch.no_grad()
-    def _decode(self, prompts, latents, max_new_tokens, temperature, top_p, seed, use_cache=True) -> list[str]:
+    def _decode(self, prompts, max_new_tokens, temperature, top_p, seed, use_cache=True) -> list[str]:
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         _check_finite(temperature=temperature, top_p=top_p)
@@ -99,12 +101,12 @@ class UniModal:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1] (1 = no nucleus cut), got {top_p}")
         generator = torch.Generator().manual_seed(seed)
-        ids = decode_text(self.model, prompts, latents, self.tokenizer.pad_id, self.tokenizer.eos_id,
-                          max_new_tokens, temperature, top_p, generator, use_cache=use_cache)
+        ids = decode_text(self.model, self.layout, prompts, max_new_tokens, temperature, top_p, generator,
+                          use_cache=use_cache)
         return [self.tokenizer.decode(row).strip() for row in ids]
 
     @torch.no_grad()
-    def _encode_images(self, images: Sequence[Any], name: str) -> torch.Tensor:
+    def _encode_images(self, images: Sequence[Any], name: str) -> list[torch.Tensor]:
         if isinstance(images, (torch.Tensor,)) and images.dim() == 4:
             images = list(images)
         if not isinstance(images, (list, tuple)):
@@ -112,9 +114,9 @@ class UniModal:
                             f"got {type(images).__name__}")
         if not images:
             raise ValueError(f"{name} is empty: pass at least one image")
-        pixels = torch.stack([to_model_tensor(image, self.config.image_size) for image in images])
-        pixels = pixels.to(self.device)
-        return self.codec.encode(pixels).to(self.dtype)  # (N, C, H, W)
+        geometry = self.config.image_geometry()
+        pixels = [to_model_tensor(image, geometry).to(self.device) for image in images]
+        return [latent.to(self.dtype) for latent in encode_items(self.codec, pixels)]  # N × (C, h, w)
 
     # ---- generation ----
     @torch.no_grad()
@@ -152,10 +154,6 @@ class UniModal:
         # ("ddpm") adds at each step, so prompt i is reproducible alone or in a batch.
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device, self.dtype)
-        tok = self.tokenizer
-        prefixes = [[tok.bos_id] + tok.encode(p) + [tok.boi_id] for p in prompts]
-        if guidance_scale != 1.0:
-            prefixes += [[tok.bos_id, tok.boi_id]] * len(prompts)
         bar = tqdm(total=num_steps, desc="sampling", disable=not progress)
 
         def on_step(step: int, total: int) -> None:
@@ -163,8 +161,8 @@ class UniModal:
             if callback is not None:
                 callback(step, total)
 
-        latents = sample_latents(self.model, self.process, prefixes, noise, num_steps, guidance_scale, scheduler,
-                                 tok.pad_id, use_cache=use_cache, progress=on_step, generator=generators)
+        latents = sample_latents(self.model, self.layout, self.process, prompts, noise, num_steps, guidance_scale,
+                                 scheduler, use_cache=use_cache, progress=on_step, generator=generators)
         bar.close()
         images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
         return to_pil(images) if output_type == "pil" else ((images + 1) / 2).clamp(0, 1)

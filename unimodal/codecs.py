@@ -7,6 +7,7 @@ Both codecs expose the same surface: `encode(images) -> latents`, `decode(latent
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -103,6 +104,18 @@ def build_codec(config: ModelConfig) -> PixelCodec | VAECodec:
             f"but ModelConfig says latent_channels={config.latent_channels}, "
             f"downsample_factor={config.downsample_factor}; set them to match")
     return codec
+
+
+def encode_items(codec: PixelCodec | VAECodec, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Encode media items of any sizes, (3, H, W) each: items of one shape run as one batch."""
+    from .embeddings import shape_groups
+
+    out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
+    for group in shape_groups(images):
+        encoded = codec.encode(torch.stack([images[i] for i in group]))
+        for row, index in enumerate(group):
+            out[index] = encoded[row]
+    return out
 
 
 def save_codec(codec: PixelCodec | VAECodec, folder: str | Path) -> None:

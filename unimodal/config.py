@@ -19,6 +19,9 @@ CODEC_TYPES = ("pixel", "vae")
 OBJECTIVES = ("flow", "ddpm")
 TIME_SAMPLINGS = ("logit_normal", "uniform")
 IMAGE_ROPE_MODES = ("sequence", "shared")
+POSITION_GRIDS = ("interpolated", "centered")  # unimodal.embeddings.position_coordinates
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")  # unimodal.attention
+IMAGE_RESIZE_MODES = ("square", "native")  # unimodal.images.ImageGeometry
 
 
 @dataclass
@@ -43,15 +46,25 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
     attn_implementation: str = "sdpa"  # our 4-D bool mask needs sdpa (eager would misread it)
+    # How the mixed causal/bidirectional attention runs: "auto" = FlexAttention's block-sparse
+    # kernels on CUDA, a dense SDPA mask elsewhere (flex has no CPU backward); or force one.
+    attention: str = "auto"
 
     # --- images ---
-    image_size: int = 32  # pixels, square; the codec maps it to latent_size
+    image_size: int = 32  # pixels per side of the square training size (the budget, with image_resize="native")
+    # How inputs are sized (unimodal.images.ImageGeometry): "square" crops to image_size²; "native"
+    # keeps the aspect ratio in a bucket of about image_size² pixels. Training sets it from data.image_resize.
+    image_resize: str = "square"
     codec: str = "pixel"  # "pixel" (identity, tiny runs) or "vae" (diffusers AutoencoderKL)
     codec_path: str | None = None  # local AutoencoderKL folder for codec="vae"; None builds a tiny one
     latent_channels: int = 3  # 3 for the pixel codec, the VAE's latent_channels otherwise
     downsample_factor: int = 1  # image_size / latent_size: 1 for pixels, 8 for SD-style VAEs
     patch_size: int = 4  # latent pixels per patch side
     patch_adapter: str = "linear"  # "linear" (Transfusion default) or "mlp"
+    # 2-D sin-cos positions of an item's patches (unimodal.embeddings.position_coordinates):
+    # "interpolated" stretches every grid to the training grid (DiT/SD3 base_size); "centered" gives
+    # one unit per patch around the item's centre, so its aspect ratio shows.
+    position_grid: str = "interpolated"
 
     # --- objective ---
     objective: str = "flow"  # "flow" (rectified flow, velocity target) or "ddpm" (noise prediction)
@@ -80,6 +93,18 @@ class ModelConfig:
         """Patch positions one image occupies in the sequence (without <boi>/<eoi>)."""
         return self.patches_per_side**2
 
+    def input_patch_size(self, latents: bool = False) -> int:
+        """Values per patch side of the media tensors a `SequenceLayout` is handed: pixels
+        (`downsample_factor · patch_size`), or latents already encoded (`patch_size`)."""
+        return self.patch_size if latents else self.downsample_factor * self.patch_size
+
+    def image_geometry(self):
+        """The input rule of this model (`unimodal.images.ImageGeometry`): size, resize mode, and
+        pixels per patch side, which every native bucket's sides are multiples of."""
+        from .images import ImageGeometry
+
+        return ImageGeometry(self.image_size, self.image_resize, self.input_patch_size())
+
     @property
     def patch_dim(self) -> int:
         return self.latent_channels * self.patch_size**2
@@ -99,6 +124,9 @@ class ModelConfig:
             "time_sampling": TIME_SAMPLINGS,
             "patch_adapter": ("linear", "mlp"),
             "attn_implementation": ("sdpa",),
+            "attention": ATTENTION_BACKENDS,
+            "position_grid": POSITION_GRIDS,
+            "image_resize": IMAGE_RESIZE_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

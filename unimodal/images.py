@@ -7,6 +7,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -27,6 +28,63 @@ ALPHA_BACKGROUND = 255
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ImageSource = Any  # path, bytes, binary file, PIL image, numpy array or tensor (see `to_model_tensor`)
+
+IMAGE_RESIZE_MODES = ("square", "native")
+MAX_ASPECT = 4.0  # native buckets span aspect ratios (width / height) from 1/4 to 4
+AREA_BAND = (0.75, 1.25)  # native buckets hold between 0.75 and 1.25 times the size² pixel budget
+
+
+def aspect_buckets(size: int, multiple: int, max_aspect: float = MAX_ASPECT) -> list[tuple[int, int]]:
+    """The (width, height) buckets of the `native` rule for a `size`² pixel budget (the SDXL / NaViT
+    bucketing idea, derived from the budget instead of a hand-written list): every pair of sides
+    that are multiples of `multiple`, whose area lies within `AREA_BAND` of size², and whose aspect
+    ratio lies within [1/max_aspect, max_aspect]. Sorted by aspect ratio. E.g. size 32, multiple 4
+    gives 50 buckets, among them 32×32, 48×24, 24×48 and 40×24."""
+    if size <= 0 or multiple <= 0:
+        raise ValueError(f"size and multiple must be positive, got {size} and {multiple}")
+    low, high = AREA_BAND[0] * size * size, AREA_BAND[1] * size * size
+    sides = range(multiple, int(high // multiple) + 1, multiple)
+    buckets = [(w, h) for w in sides for h in sides
+               if low <= w * h <= high and 1 / max_aspect <= w / h <= max_aspect]
+    if not buckets:
+        raise ValueError(f"no {multiple}-multiple sides give about {size}x{size} pixels; use a larger size")
+    return sorted(buckets, key=lambda b: (b[0] / b[1], b[0] * b[1]))
+
+
+def nearest_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest the image's (in log ratio); on a tie the largest."""
+    aspect = math.log(width / height)
+    return min(buckets, key=lambda b: (round(abs(math.log(b[0] / b[1]) - aspect), 9), -b[0] * b[1]))
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """How an image is sized for the model, one rule for training, `caption`/`answer`, the shell and
+    evaluation (`ModelConfig.image_geometry()`).
+
+    - `square`: resize the shorter side to `size`, centre-crop to size × size.
+    - `native`: keep the aspect ratio: the image goes to the bucket of `aspect_buckets(size,
+      multiple)` nearest its aspect ratio (about size² pixels, both sides multiples of `multiple`,
+      the model's pixels per patch), resized to cover it and centre-cropped (at most a sliver).
+    """
+
+    size: int
+    resize: str = "square"
+    multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resize not in IMAGE_RESIZE_MODES:
+            raise ValueError(f"image resize must be one of {IMAGE_RESIZE_MODES}, got {self.resize!r}")
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) in pixels an image of `width` × `height` becomes."""
+        if self.resize == "square":
+            return self.size, self.size
+        return nearest_bucket(width, height, aspect_buckets(self.size, self.multiple))
+
+
+def _geometry(size: int | ImageGeometry) -> ImageGeometry:
+    return size if isinstance(size, ImageGeometry) else ImageGeometry(int(size))
 
 
 def open_image(source: str | os.PathLike | bytes | IO[bytes] | Image.Image, draft_size: int | None = None
@@ -94,8 +152,9 @@ def _check_unit_range(values: torch.Tensor, what: str) -> None:
                          f"[{float(values.min()):.3f}, {float(values.max()):.3f}]; map [-1, 1] images with (x + 1) / 2")
 
 
-def to_model_tensor(image: ImageSource, size: int) -> torch.Tensor:
-    """One image -> (3, size, size) float in [-1, 1], the model's input.
+def to_model_tensor(image: ImageSource, size: int | ImageGeometry) -> torch.Tensor:
+    """One image -> (3, H, W) float in [-1, 1], the model's input: (3, size, size) for an int `size`
+    or a `square` geometry, the nearest aspect bucket's size for a `native` one (`ImageGeometry`).
 
     Accepts a path, encoded bytes or a PIL image (any mode; decoded by `open_image`, the project's
     one input rule), or a numpy array / tensor shaped (H, W), (H, W, C), (C, H, W) or (1, C, H, W)
@@ -103,19 +162,21 @@ def to_model_tensor(image: ImageSource, size: int) -> torch.Tensor:
     never the pixel values: uint8 is [0, 255], uint16 [0, 65535], bool {0, 1}, floats [0, 1] (as
     in torchvision, and as `UniModal.generate(output_type="pt")` returns them). Alpha is composited
     on white, as in `open_image`. Raises ValueError for floats outside [0, 1] (beyond rounding),
-    NaN or inf, and for other shapes; TypeError for other dtypes or types. Non-square images are
-    resized on their shorter side and center-cropped; any size is accepted. Paths and bytes let a
-    JPEG decode at reduced scale exactly as the training reader does.
+    NaN or inf, and for other shapes; TypeError for other dtypes or types. Images are resized to
+    cover the target and center-cropped; any size is accepted. Paths and bytes let a JPEG decode
+    at reduced scale exactly as the training reader does.
     """
+    geometry = _geometry(size)
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
-        rgb = open_image(image, draft_size=None if isinstance(image, Image.Image) else size)
+        rgb = open_image(image, draft_size=None if isinstance(image, Image.Image) else geometry.size)
         # np.array, not asarray: PIL's buffer is read-only and torch warns about wrapping it.
         tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255.0
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         tensor = _array_to_chw(image)
     else:
         raise TypeError(f"expected a path, bytes, PIL.Image, numpy array or torch.Tensor, got {type(image).__name__}")
-    return _resize_center_crop(tensor * 2 - 1, size).clamp(-1, 1)
+    width, height = geometry.target(tensor.shape[-1], tensor.shape[-2])
+    return _resize_center_crop(tensor * 2 - 1, width, height).clamp(-1, 1)
 
 
 def _array_to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -156,16 +217,17 @@ def _array_to_chw(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return array.expand(3, -1, -1) if array.shape[0] == 1 else array
 
 
-def _resize_center_crop(tensor: torch.Tensor, size: int) -> torch.Tensor:
-    height, width = tensor.shape[-2:]
-    if (height, width) == (size, size):
+def _resize_center_crop(tensor: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to cover `width` × `height`, then centre-crop to it."""
+    in_h, in_w = tensor.shape[-2:]
+    if (in_h, in_w) == (height, width):
         return tensor
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    scale = max(width / in_w, height / in_h)
+    new_h, new_w = max(height, round(in_h * scale)), max(width, round(in_w * scale))
     resized = F.interpolate(tensor[None], size=(new_h, new_w), mode="bilinear", antialias=True,
                             align_corners=False)[0]
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[:, top: top + size, left: left + size]
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return resized[:, top: top + height, left: left + width]
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

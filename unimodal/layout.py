@@ -1,14 +1,22 @@
-"""The sequence layout: where text, <boi>, image patches and <eoi> go, and who attends to whom.
+"""The sequence layout: where text, <boi>, media patches and <eoi> go, for training and inference.
 
-Training (data/) and inference (sampling) both build their sequences here, so they cannot drift.
+Every sequence the project runs is built here (training examples, caption/VQA prompts, generation
+prompts with their classifier-free-guidance rows, left-padded decoding batches), so training and
+inference cannot drift.
 
-    generation  <bos> caption <boi> p p … p <eoi> <eos>         image patches noised, denoise loss
+    generation  <bos> caption <boi> p p … p <eoi> <eos>         media patches noised, denoise loss
     caption     <bos> <boi> p p … p <eoi> caption <eos>         lm loss on caption + <eos>
     vqa         <bos> <boi> p … p <eoi> question: Q answer: A <eos>   lm loss on A + <eos>
     text        <bos> text <eos>                                lm loss on every token
 
-Dimension legend: B sequences, T padded length, N images in the batch, C/H/W image or latent
-channels/height/width, P = num_image_tokens patch positions per image.
+A media item is a latent grid of `rows × cols` patches with its own size (any aspect ratio); it
+takes `rows · cols` positions. A `Batch` is a set of rows, each holding one or more examples
+(packed, `SequenceLayout.pack`) and right-padded, or one left-padded prompt each
+(`SequenceLayout.left_pad`). It carries *spans* (where each example and each item sits), never a
+T×T mask: the model builds its attention from the spans on its own device (`unimodal.attention`).
+
+Dimension legend: B rows, T padded length, E examples, N media items, C/H/W channels/height/width
+of an item (pixels, or latents when already encoded).
 """
 
 from __future__ import annotations
@@ -25,13 +33,14 @@ IGNORE_INDEX = -100  # label value that the LM loss skips (torch's cross_entropy
 
 @dataclass
 class Example:
-    """One unpadded sequence. Image patch positions hold `pad_id` in `input_ids`."""
+    """One unpadded sequence. Media patch positions hold `pad_id` in `input_ids`."""
 
     input_ids: list[int]
     lm_labels: list[int]  # lm_labels[i] is the token position i must predict, or IGNORE_INDEX
-    images: list[torch.Tensor] = field(default_factory=list)  # each (C, H, W)
-    image_starts: list[int] = field(default_factory=list)  # index of each image's first patch
+    images: list[torch.Tensor] = field(default_factory=list)  # each (C, H, W), any size
+    image_starts: list[int] = field(default_factory=list)  # index of each item's first patch
     image_is_target: list[bool] = field(default_factory=list)  # True: noised and denoised
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of patches per item
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -39,139 +48,124 @@ class Example:
 
 @dataclass
 class Batch:
-    """A padded batch: what `UniModalModel.forward` and the objective consume."""
+    """Rows of examples and their spans: what `UniModalModel.forward` and the objective consume.
+
+    Examples never attend to one another, even when packed into one row; each restarts its
+    positions at 0. `images` are the media items in order (any sizes); `image_grids` their patch
+    grids, so item n occupies `image_grids[n].prod()` positions from `image_starts[n]` in row
+    `image_rows[n]`.
+    """
 
     input_ids: torch.Tensor  # (B, T) long
     lm_labels: torch.Tensor  # (B, T) long, IGNORE_INDEX where no loss
-    attention_mask: torch.Tensor  # (B, 1, T, T) bool, True = may attend
-    lengths: torch.Tensor  # (B,) long, real tokens per row (right padding)
-    images: torch.Tensor  # (N, C, H, W) float: pixels in [-1, 1], or latents when already encoded
-    image_batch_index: torch.Tensor  # (N,) long, the row holding image n
-    image_starts: torch.Tensor  # (N,) long, position of image n's first patch
+    example_rows: torch.Tensor  # (E,) long, the row holding example e
+    example_starts: torch.Tensor  # (E,) long, its first position in that row
+    example_lengths: torch.Tensor  # (E,) long, its length
+    example_index: torch.Tensor  # (E,) long, its index in the list the batch was made from (packing reorders)
+    images: list[torch.Tensor]  # N tensors (C, H, W): pixels in [-1, 1], or latents when encoded
+    image_rows: torch.Tensor  # (N,) long
+    image_starts: torch.Tensor  # (N,) long, position of item n's first patch
+    image_grids: torch.Tensor  # (N, 2) long, (rows, cols) of patches
     image_is_target: torch.Tensor  # (N,) bool, generation targets (noised, denoise loss)
 
     @property
     def num_images(self) -> int:
-        return int(self.image_starts.shape[0])
+        return len(self.images)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example_rows.shape[0])
+
+    @property
+    def image_num_tokens(self) -> torch.Tensor:
+        """(N,) long: positions each item occupies."""
+        return self.image_grids.prod(-1) if self.num_images else self.image_grids.new_zeros(0)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) positions in the batch."""
+        return int(self.example_lengths.sum())
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
-        """Move every tensor to `device`; `dtype` applies to the float image tensor only."""
+        """Move every tensor to `device`; `dtype` applies to the media items only."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "images" and dtype is not None:
-                moved[f.name] = value.to(device=device, dtype=dtype)
+            if f.name == "images":
+                moved[f.name] = [item.to(device=device, dtype=dtype) for item in value]
             else:
                 moved[f.name] = value.to(device)
         return Batch(**moved)
 
-    def with_images(self, images: torch.Tensor) -> Batch:
-        return replace(self, images=images)
-
-    def select(self, rows: Sequence[int], length: int) -> Batch:
-        """The sub-batch of `rows` (in that order), cut to the first `length` positions; the rows'
-        real tokens must fit (right padding). Masks and image indices are carried over, not rebuilt."""
-        rows_t = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
-        if rows_t.numel() == 0 or int(self.lengths[rows_t].max()) > length:
-            raise ValueError(f"select needs at least one row, each at most {length} tokens long")
-        new_row = torch.full((self.input_ids.shape[0],), -1, dtype=torch.long, device=rows_t.device)
-        new_row[rows_t] = torch.arange(rows_t.numel(), device=rows_t.device)
-        image_rows = new_row[self.image_batch_index]  # (N,): -1 for images of rows left out
-        keep = (image_rows >= 0).nonzero().flatten()
-        keep = keep[image_rows[keep].argsort(stable=True)]  # images in their new rows' order
-        return Batch(self.input_ids[rows_t, :length], self.lm_labels[rows_t, :length],
-                     self.attention_mask[rows_t][:, :, :length, :length], self.lengths[rows_t],
-                     self.images[keep], image_rows[keep], self.image_starts[keep], self.image_is_target[keep])
-
-    def split_by_length(self, max_parts: int, row_multiple: int = 1, length_multiple: int = 1) -> list[Batch]:
-        """Split a right-padded batch into at most `max_parts` sub-batches of rows of similar length,
-        each padded only to its own longest row, choosing the split that pads the fewest positions.
-
-        A batch that mixes short and long sequences (captions and generations of ~90 tokens, VQA
-        with 8 turns of ~170) otherwise spends a third of its compute on padding. Run each part and
-        merge the losses with `unimodal.model.combine_outputs`: the result equals the unsplit batch's.
-        `max_parts` 1 returns `[self]` without looking at the lengths.
-
-        `row_multiple` and `length_multiple` keep the parts' shapes to a few: every part but the last
-        has a multiple of `row_multiple` rows, and each part's length is rounded up to a multiple of
-        `length_multiple` (at most the batch's own length: collate with `pad_to_multiple_of`). Free
-        shapes differ almost every step, and on the CPU every new shape costs (kernels are built per
-        shape), more than the extra padding does (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md).
-        """
-        if max_parts <= 1:
-            return [self]
-        lengths = self.lengths.tolist()
-        total = int(self.input_ids.shape[1])
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        padded = [min(_round_up(lengths[i], length_multiple), total) for i in order]
-        ends = _fewest_padded_cuts(padded, max_parts, row_multiple)
-        if len(ends) == 1:
-            return [self]  # one part: the batch as it is, rows in their order
-        parts, start = [], 0
-        for end in ends:
-            parts.append(self.select(order[start:end], padded[end - 1]))
-            start = end
-        return parts
+    def with_images(self, images: Sequence[torch.Tensor]) -> Batch:
+        if len(images) != self.num_images:
+            raise ValueError(f"with_images needs {self.num_images} items, got {len(images)}")
+        return replace(self, images=list(images))
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _fewest_padded_cuts(sorted_lengths: list[int], max_parts: int, row_multiple: int = 1) -> list[int]:
-    """End indices of at most `max_parts` contiguous groups of ascending `sorted_lengths` that
-    minimise the padded size, sum over groups of (rows x longest row), every group but the last
-    ending at a multiple of `row_multiple`. Dynamic programming over the candidate cuts: O(k·U²) for
-    U of them."""
-    count = len(sorted_lengths)
-    if row_multiple == 1:  # after the last row of each run of equal lengths: cutting inside a run never helps
-        ends = [j for j in range(1, count + 1) if j == count or sorted_lengths[j] != sorted_lengths[j - 1]]
-    else:  # every multiple: the best cut may fall inside a run (the last multiple before it ends)
-        ends = [j for j in range(1, count + 1) if j == count or j % row_multiple == 0]
-    points = [0] + ends
-    parts = min(max_parts, len(ends))
-    inf = float("inf")
-    # cost[k][b]: the least padded size of the rows before points[b] in k groups; cut[k][b] the
-    # index into points where the last of those groups starts
-    cost = [[inf] * len(points) for _ in range(parts + 1)]
-    cut = [[0] * len(points) for _ in range(parts + 1)]
-    cost[0][0] = 0
-    for k in range(1, parts + 1):
-        for b in range(1, len(points)):
-            longest = sorted_lengths[points[b] - 1]
-            for a in range(k - 1, b):
-                candidate = cost[k - 1][a] + (points[b] - points[a]) * longest
-                if candidate < cost[k][b]:
-                    cost[k][b], cut[k][b] = candidate, a
-    last = len(points) - 1
-    best = min(range(1, parts + 1), key=lambda k: cost[k][last])  # fewest groups on ties
-    chosen, b = [], last
-    for k in range(best, 0, -1):
-        chosen.append(points[b])
-        b = cut[k][b]
-    return chosen[::-1]
+def pack_rows(lengths: Sequence[int], max_tokens_per_row: int) -> list[list[int]]:
+    """Best-fit decreasing bin packing: indices of `lengths` grouped into rows of at most
+    `max_tokens_per_row` tokens (a longer sequence gets a row of its own). Rows come out in order of
+    their first (longest) example; within a row, examples keep their original order."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in order:
+        size = lengths[index]
+        best = -1
+        for row, room in enumerate(free):  # the row this example fills most tightly
+            if size <= room and (best < 0 or room < free[best]):
+                best = row
+        if best < 0:
+            rows.append([index])
+            free.append(max_tokens_per_row - size)
+        else:
+            rows[best].append(index)
+            free[best] -= size
+    return [sorted(row) for row in rows]
 
 
 class SequenceLayout:
-    """Builds examples for each task and collates them into padded batches.
+    """Builds examples for each task and batches them.
 
     Args:
         tokenizer: supplies the special-token ids and text encoding.
-        num_image_tokens: patch positions per image (`ModelConfig.num_image_tokens`).
+        patch_size: values per patch side in the tensors handed to this layout: the model's
+            `downsample_factor · patch_size` for pixels, its `patch_size` for latents. An item of
+            H×W takes (H / patch_size)·(W / patch_size) positions; sizes it does not divide raise.
     """
 
-    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int):
-        if num_image_tokens <= 0:
-            raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
+    def __init__(self, tokenizer: Tokenizer, patch_size: int):
+        if not isinstance(patch_size, int) or patch_size <= 0:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
         self.tokenizer = tokenizer
-        self.num_image_tokens = num_image_tokens
+        self.patch_size = patch_size
+
+    def grid(self, image: torch.Tensor) -> tuple[int, int]:
+        """(rows, cols) of patches of a (C, H, W) item."""
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0:
+            raise ValueError(f"a media item of {height}x{width} is not a whole number of "
+                             f"{self.patch_size}x{self.patch_size} patches")
+        return height // self.patch_size, width // self.patch_size
 
     def _ids(self, text: str | Sequence[int]) -> list[int]:
         return self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
 
-    def _image_block(self) -> list[int]:
+    def _media(self, prefix: list[int], image: torch.Tensor, is_target: bool, close: bool = True) -> Example:
+        """`prefix <boi> patches [<eoi>]`, the item placed after <boi>."""
+        rows, cols = self.grid(image)
         tok = self.tokenizer
-        return [tok.boi_id] + [tok.pad_id] * self.num_image_tokens + [tok.eoi_id]
+        ids = prefix + [tok.boi_id] + [tok.pad_id] * (rows * cols) + ([tok.eoi_id] if close else [])
+        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [len(prefix) + 1], [is_target], [(rows, cols)])
 
     @staticmethod
     def question_text(question: str) -> str:
@@ -222,8 +216,7 @@ class SequenceLayout:
 
     # ---- inference prompts (sequences the model continues) ----
     def caption_prompt(self, image: torch.Tensor) -> Example:
-        ids = [self.tokenizer.bos_id] + self._image_block()
-        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [2], [False])
+        return self._media([self.tokenizer.bos_id], image, is_target=False)
 
     def vqa_prompt(self, image: torch.Tensor, question: str) -> Example:
         example = self.caption_prompt(image)
@@ -232,83 +225,79 @@ class SequenceLayout:
         example.lm_labels += [IGNORE_INDEX] * len(question_ids)
         return example
 
-    def generation_prompt(self, text: str | Sequence[int], image: torch.Tensor) -> Example:
-        """<bos> text <boi> P patches <eoi>; `image` is the (noised) latent placed in the patches."""
-        text_ids = [self.tokenizer.bos_id] + self._ids(text)
-        ids = text_ids + self._image_block()
-        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [len(text_ids) + 1], [True])
+    def generation_prompt(self, text: str | Sequence[int], image: torch.Tensor, close: bool = True) -> Example:
+        """`<bos> text <boi> patches <eoi>`; `image` is the (noised) latent placed in the patches.
+        `close=False` leaves out the <eoi>, which sampling does not need (the item never sees it)."""
+        return self._media([self.tokenizer.bos_id] + self._ids(text), image, is_target=True, close=close)
+
+    def guided_generation_prompts(self, texts: Sequence[str | Sequence[int]], images: Sequence[torch.Tensor],
+                                  guidance: bool) -> list[Example]:
+        """The rows image sampling runs: one generation prompt per text, then, with classifier-free
+        guidance, the same items after an empty text (the unconditional rows, as trained with caption
+        dropout). Without <eoi>: sampling reads the item's states only."""
+        prompts = [self.generation_prompt(t, image, close=False) for t, image in zip(texts, images)]
+        if guidance:
+            prompts += [self.generation_prompt("", image, close=False) for image in images]
+        return prompts
 
     # ---- batching ----
     def collate(self, examples: Sequence[Example], pad_to_multiple_of: int = 1) -> Batch:
-        """Right-pad examples into a `Batch` and build the attention mask."""
+        """One example per row, right-padded to the longest (rounded up to `pad_to_multiple_of`)."""
+        return self._batch([[i] for i in range(len(examples))], examples, pad_to_multiple_of)
+
+    def pack(self, examples: Sequence[Example], max_tokens_per_row: int, pad_to_multiple_of: int = 1,
+             row_multiple: int = 1) -> Batch:
+        """Pack examples into rows of at most `max_tokens_per_row` positions (best-fit decreasing,
+        `pack_rows`), right-padded to the longest row rounded up to `pad_to_multiple_of`. With
+        `row_multiple` > 1, empty (all-padding) rows are added up to a multiple of it, which keeps
+        the number of distinct batch shapes small (each new shape costs on the CPU). Every example
+        keeps its own positions and attention: the result trains exactly as the examples one by one."""
+        if max_tokens_per_row <= 0:
+            raise ValueError(f"max_tokens_per_row must be positive, got {max_tokens_per_row}")
+        rows = pack_rows([len(e) for e in examples], max_tokens_per_row)
+        rows += [[] for _ in range(_round_up(len(rows), row_multiple) - len(rows))]
+        return self._batch(rows, examples, pad_to_multiple_of)
+
+    def left_pad(self, prompts: Sequence[Example]) -> Batch:
+        """One prompt per row, left-padded so that every row's next token lands in the same column."""
+        return self._batch([[i] for i in range(len(prompts))], prompts, 1, left=True)
+
+    def _batch(self, rows: Sequence[Sequence[int]], examples: Sequence[Example], pad_to_multiple_of: int,
+               left: bool = False) -> Batch:
         if not examples:
-            raise ValueError("collate needs at least one example")
-        lengths = [len(e) for e in examples]
-        total = _round_up(max(lengths), pad_to_multiple_of)
+            raise ValueError("a batch needs at least one example")
+        row_lengths = [sum(len(examples[i]) for i in row) for row in rows]
+        total = _round_up(max(row_lengths), pad_to_multiple_of)
         pad = self.tokenizer.pad_id
-        input_ids = torch.full((len(examples), total), pad, dtype=torch.long)
-        lm_labels = torch.full((len(examples), total), IGNORE_INDEX, dtype=torch.long)
-        images, batch_index, starts, is_target = [], [], [], []
-        for row, example in enumerate(examples):
-            if len(example.lm_labels) != len(example.input_ids):
-                raise ValueError("Example.lm_labels must have one entry per input id")
-            input_ids[row, : len(example)] = torch.tensor(example.input_ids)
-            lm_labels[row, : len(example)] = torch.tensor(example.lm_labels)
-            images += example.images
-            batch_index += [row] * len(example.images)
-            starts += example.image_starts
-            is_target += example.image_is_target
-        lengths_t = torch.tensor(lengths)
-        batch_index_t = torch.tensor(batch_index, dtype=torch.long)
-        starts_t = torch.tensor(starts, dtype=torch.long)
-        image_tensor = torch.stack(images) if images else torch.zeros(0, 3, 1, 1)
-        valid = torch.arange(total)[None, :] < lengths_t[:, None]
-        mask = build_attention_mask(valid, batch_index_t, starts_t, self.num_image_tokens)
-        return Batch(input_ids, lm_labels, mask, lengths_t, image_tensor, batch_index_t, starts_t,
+        input_ids = torch.full((len(rows), total), pad, dtype=torch.long)
+        lm_labels = torch.full((len(rows), total), IGNORE_INDEX, dtype=torch.long)
+        ex_rows, ex_starts, ex_lengths, ex_index = [], [], [], []
+        images, image_rows, image_starts, grids, is_target = [], [], [], [], []
+        for row, members in enumerate(rows):
+            start = total - row_lengths[row] if left else 0
+            for index in members:
+                example = examples[index]
+                if len(example.lm_labels) != len(example.input_ids):
+                    raise ValueError("Example.lm_labels must have one entry per input id")
+                end = start + len(example)
+                input_ids[row, start:end] = torch.tensor(example.input_ids)
+                lm_labels[row, start:end] = torch.tensor(example.lm_labels)
+                ex_rows.append(row)
+                ex_starts.append(start)
+                ex_lengths.append(len(example))
+                ex_index.append(index)
+                example_grids = example.image_grids or [self.grid(image) for image in example.images]
+                images += example.images
+                image_rows += [row] * len(example.images)
+                image_starts += [start + s for s in example.image_starts]
+                grids += [tuple(g) for g in example_grids]
+                is_target += example.image_is_target
+                start = end
+        long = dict(dtype=torch.long)
+        return Batch(input_ids, lm_labels, torch.tensor(ex_rows, **long), torch.tensor(ex_starts, **long),
+                     torch.tensor(ex_lengths, **long), torch.tensor(ex_index, **long), images, torch.tensor(image_rows, **long),
+                     torch.tensor(image_starts, **long), torch.tensor(grids, **long).reshape(-1, 2),
                      torch.tensor(is_target, dtype=torch.bool))
 
 
-def image_position_ids(batch_size: int, total_length: int, image_batch_index: torch.Tensor,
-                       image_starts: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
-    """(B, T) long: the index n of the image each position belongs to, or -1 for text/padding."""
-    owner = torch.full((batch_size, total_length), -1, dtype=torch.long, device=image_starts.device)
-    if image_starts.numel():
-        offsets = torch.arange(num_image_tokens, device=image_starts.device)
-        columns = image_starts[:, None] + offsets  # (N, P)
-        rows = image_batch_index[:, None].expand_as(columns)
-        ids = torch.arange(image_starts.shape[0], device=image_starts.device)[:, None].expand_as(columns)
-        owner[rows, columns] = ids
-    return owner
-
-
-def rope_positions(valid: torch.Tensor, image_batch_index: torch.Tensor, image_starts: torch.Tensor,
-                   num_image_tokens: int, image_rope: str = "sequence") -> torch.Tensor:
-    """(B, T) long RoPE position ids; `valid` (B, T) marks real tokens, so left padding works.
-
-    Each real token advances the position by one, except, with `image_rope="shared"`, the patches
-    after the first of each image: they all take the first patch's position and the text after the
-    image continues one past it. Padding repeats its neighbour's position (it is masked anyway).
-    """
-    advances = valid.long()
-    if image_rope == "shared" and image_starts.numel() and num_image_tokens > 1:
-        later_patches = image_starts[:, None] + torch.arange(1, num_image_tokens, device=valid.device)  # (N, P-1)
-        rows = image_batch_index[:, None].expand_as(later_patches)
-        advances = advances.index_put((rows, later_patches), torch.zeros((), dtype=torch.long, device=valid.device))
-    return (advances.cumsum(-1) - 1).clamp(min=0)
-
-
-def build_attention_mask(valid: torch.Tensor, image_batch_index: torch.Tensor, image_starts: torch.Tensor,
-                         num_image_tokens: int) -> torch.Tensor:
-    """(B, 1, T, T) bool mask: causal, bidirectional inside each image, never onto padding.
-
-    `valid` (B, T) marks real tokens, so left padding (batched decoding) works as well as right.
-    A padding query attends only to itself: a row with no allowed key would make SDPA return NaN.
-    """
-    batch_size, total_length = valid.shape
-    positions = torch.arange(total_length, device=valid.device)
-    causal = positions[None, :, None] >= positions[None, None, :]  # (1, T, T)
-    owner = image_position_ids(batch_size, total_length, image_batch_index, image_starts, num_image_tokens)
-    same_image = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)  # (B, T, T)
-    mask = (causal | same_image) & valid[:, None, :] & valid[:, :, None]
-    padded_self = (~valid)[:, :, None] & torch.eye(total_length, dtype=torch.bool, device=valid.device)
-    return (mask | padded_self)[:, None]
+__all__ = ["IGNORE_INDEX", "Batch", "Example", "SequenceLayout", "pack_rows"]

@@ -21,7 +21,11 @@ class DataConfig:
     # directory of .tar files, or a list of these. Any shard set in the webdataset image-text
     # layout (KEY.png|jpg|webp + KEY.txt [+ KEY.json]) works as it is.
     train_shards: str | list[str] = ""
-    image_size: int = 32  # images are resized (shorter side) and center-cropped to this
+    image_size: int = 32  # images are resized (shorter side) and center-cropped to this (the budget when native)
+    # "square": every image is cropped to image_size²; "native": it keeps its aspect ratio, in the
+    # bucket nearest it of about image_size² pixels (unimodal.images.ImageGeometry, aspect_buckets).
+    # The model records it (model.image_resize), so caption/answer/eval size their inputs alike.
+    image_resize: str = "square"
     # Class-labelled sets (ImageNet-style KEY.jpg + KEY.cls, an integer class index, no caption): a
     # file of class names, one per line (line 1 names class 0), or a .json list of names. A sample
     # without a caption of its own (KEY.txt, KEY.json) is captioned `class_caption_template` with
@@ -50,15 +54,16 @@ class DataConfig:
     # QA pairs per VQA example (distinct, drawn from KEY.json): more answer supervision per image
     # for a few tokens each. The first turn is always the single-question inference format.
     vqa_turns: int = 1
-    # The training loop runs each micro-batch as up to this many parts of similar sequence length
-    # (`Batch.split_by_length`), each padded only to its own longest row, and merges their losses
-    # exactly; 1 runs it whole. Pays when sequence lengths differ a lot (multi-turn VQA beside captions).
-    length_buckets: int = 1
-    # Shapes of those parts: every part but the last holds a multiple of `bucket_row_multiple` rows,
-    # and batches and parts are padded to a multiple of `length_multiple` positions. A few shapes,
-    # seen again and again, run faster on the CPU than a new shape every step: oneDNN and inductor
-    # build kernels per shape (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md, "Shapes").
-    bucket_row_multiple: int = 1
+    # Packed rows: the examples of a micro-batch are packed into rows of at most this many positions
+    # (best-fit decreasing, `SequenceLayout.pack`); each keeps its own positions and attention, so
+    # the losses equal those of the examples one by one, without the padding of one example per
+    # row. 0 puts one example in each row (padded to the longest).
+    max_tokens_per_row: int = 0
+    # Shapes: rows are padded to a multiple of `length_multiple` positions, and the number of rows
+    # to a multiple of `row_multiple` (empty rows). A few shapes, seen again and again, run faster
+    # on the CPU than a new shape every step: oneDNN and inductor build kernels per shape
+    # (docs/experiments/2026-11-25-benchmarks-cpu-gpu.md, "Shapes").
+    row_multiple: int = 1
     length_multiple: int = 1
 
     def __post_init__(self) -> None:
@@ -67,6 +72,12 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
         return config_from_dict(cls, values)
+
+    def collate(self, layout, examples):
+        """The micro-batch of `examples`: packed rows (`max_tokens_per_row`) or one example per row."""
+        if self.max_tokens_per_row:
+            return layout.pack(examples, self.max_tokens_per_row, self.length_multiple, self.row_multiple)
+        return layout.collate(examples, self.length_multiple)
 
     def class_captions(self) -> ClassCaptions | None:
         """The class names of `class_names` with the caption template, or None when it is unset.
@@ -77,10 +88,15 @@ class DataConfig:
 
     def validate(self) -> None:
         positive = ["image_size", "batch_size", "epoch_batches", "prefetch_factor", "max_text_tokens", "vqa_turns",
-                    "shuffle_buffer", "length_buckets", "bucket_row_multiple", "length_multiple"]
+                    "shuffle_buffer", "row_multiple", "length_multiple"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.image_resize not in ("square", "native"):
+            raise ValueError(f"DataConfig.image_resize must be 'square' or 'native', got {self.image_resize!r}")
+        if self.max_tokens_per_row < 0:
+            raise ValueError(f"DataConfig.max_tokens_per_row must be >= 0 (0 = one example per row), "
+                             f"got {self.max_tokens_per_row}")
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
         unknown = sorted(set(self.task_weights) - set(TASKS))

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from unimodal.images import ImageGeometry
 from unimodal.layout import Batch, SequenceLayout
 from unimodal.tokenizer import Tokenizer
 
@@ -94,6 +95,8 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.classes = config.class_captions()  # names read once here; the workers get them with the dataset
+        # the layout's pixels per patch side: native aspect buckets must be whole patches
+        self.geometry = ImageGeometry(config.image_size, config.image_resize, layout.patch_size)
         self.tasks = TaskMixture(layout, config.task_weights, config.caption_dropout, config.max_text_tokens,
                                  config.vqa_turns)
         self.plan = EpochPlan(epoch=0, num_streams=1)
@@ -143,22 +146,10 @@ class ShardStream(IterableDataset):
         counter = SkipCounter(plan.skipped[stream], where=f"[rank {self.rank} stream {stream}]")
         state = {"stream": stream, "position": plan.positions[stream], "batches": plan.batches[stream]}
         for examples, keys in self._batches(state, counter):
-            batch = self._collate(examples, in_worker=worker is not None)
+            batch = self.config.collate(self.layout, examples)
             yield batch, {**state, "num_samples": len(examples), "skipped": counter.as_dict(), "keys": keys,
                           "final": False}
         yield None, {**state, "num_samples": 0, "skipped": counter.as_dict(), "keys": [], "final": True}
-
-    def _collate(self, examples: list, in_worker: bool) -> Batch:
-        if in_worker:
-            return self.layout.collate(examples, self.config.length_multiple)
-        # In the main process (num_workers=0), collate on one thread: the mask's elementwise ops on
-        # (B, T, T) bools took ~20 ms each with 2 threads on a busy 2-core machine, ~0.04 ms with 1.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self.layout.collate(examples, self.config.length_multiple)
-        finally:
-            torch.set_num_threads(threads)
 
     def _batches(self, state: dict[str, int], counter: SkipCounter) -> Iterator[tuple[list, list[str]]]:
         """Example lists of one stream from its saved position; advances state["position"/"batches"]."""
@@ -193,7 +184,7 @@ class ShardStream(IterableDataset):
             yield examples, keys
 
     def _example(self, raw: RawSample, stream: int, position: int, counter: SkipCounter):
-        decoded = decode_sample(raw, self.config.image_size, counter, latents=self.config.latents,
+        decoded = decode_sample(raw, self.geometry, counter, latents=self.config.latents,
                                 rng=random.Random("caption:" + self._key(stream, position)), classes=self.classes)
         if decoded is None:
             return None
@@ -357,11 +348,12 @@ def build_train_loader(config: DataConfig, tokenizer: Tokenizer, layout: Sequenc
     return ShardLoader(config, expand_shards(config.train_shards), layout, rank, world_size)
 
 
-def iter_samples(shards: str | Sequence[str], image_size: int, latents: bool = False,
+def iter_samples(shards: str | Sequence[str], image_size: int | ImageGeometry, latents: bool = False,
                  counter: SkipCounter | None = None, classes: ClassCaptions | None = None) -> Iterator[DecodedSample]:
     """Every usable sample of `shards`, in order, decoded in this process (eval, latent caching).
     `classes` captions class-labelled samples (KEY.cls without a caption), as in training
-    (`DataConfig.class_captions()`); without it they are skipped as missing_class_names."""
+    (`DataConfig.class_captions()`); without it they are skipped as missing_class_names. `image_size`
+    is an int (square crops) or the model's `ImageGeometry` (`ModelConfig.image_geometry()`)."""
     counter = counter or SkipCounter()
     for raw in iter_shards(expand_shards(shards), counter):
         decoded = decode_sample(raw, image_size, counter, latents=latents, classes=classes)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unimodal.images import to_model_tensor
+from unimodal.images import ImageGeometry, to_model_tensor
 
 from . import skips
 from .classes import CLASS_SUFFIX, ClassCaptions, class_caption
@@ -29,7 +29,7 @@ LATENT_SUFFIX = "latent.npy"  # written by unimodal.data.cache_latents
 @dataclass
 class DecodedSample:
     key: str
-    image: torch.Tensor  # (3, image_size, image_size) float in [-1, 1], or (C, h, w) latent
+    image: torch.Tensor  # (3, H, W) float in [-1, 1] (square, or a native aspect bucket), or (C, h, w) latent
     caption: str
     metadata: dict[str, Any] = field(default_factory=dict)  # the KEY.json object ({} without one)
 
@@ -38,10 +38,11 @@ def image_suffix(raw: RawSample) -> str | None:
     return next((s for s in IMAGE_SUFFIXES if s in raw), None)
 
 
-def decode_image(data: bytes, image_size: int) -> torch.Tensor:
-    """Encoded image bytes -> (3, image_size, image_size) float in [-1, 1]: the project's one input
-    rule (`unimodal.images.open_image`: EXIF orientation, alpha on white, 16-bit scaled), then resize
-    on the shorter side and center-crop, exactly as `UniModal.caption` does for the same bytes."""
+def decode_image(data: bytes, image_size: int | ImageGeometry) -> torch.Tensor:
+    """Encoded image bytes -> (3, H, W) float in [-1, 1]: the project's one input rule
+    (`unimodal.images.open_image`: EXIF orientation, alpha on white, 16-bit scaled), then sized by
+    `image_size` (an int: image_size² square; an `ImageGeometry`: square or native aspect bucket),
+    exactly as `UniModal.caption` does for the same bytes."""
     return to_model_tensor(data, image_size)
 
 
@@ -82,7 +83,7 @@ def sample_caption(raw: RawSample, rng: random.Random | None = None) -> str:
     return captions[rng.randrange(len(captions))] if rng is not None else captions[0]
 
 
-def decode_sample(raw: RawSample, image_size: int, counter: skips.SkipCounter, latents: bool = False,
+def decode_sample(raw: RawSample, image_size: int | ImageGeometry, counter: skips.SkipCounter, latents: bool = False,
                   rng: random.Random | None = None, classes: ClassCaptions | None = None) -> DecodedSample | None:
     """Decode one raw sample, or count why it is skipped and return None.
 

@@ -156,7 +156,7 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
                         world_config.image_size, model.config.image_size)
         return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, config.feature_path,
                           config.world_seed, out, title)
-    return run_shards(model, config.data, model.config.image_size, num_samples, settings, qa_per_image, fid,
+    return run_shards(model, config.data, model.config.image_geometry(), num_samples, settings, qa_per_image, fid,
                       config.feature_path, world_config, out, title, classes)
 
 

@@ -250,6 +250,9 @@ def _moved_keys() -> dict[str, str]:
         "eval.extra_args": "eval.extra_args (command-line strings for the eval runner) is gone: set the runner's "
                            f"options as typed keys instead: {runner} (e.g. eval.final.num_samples=200)",
         "eval.suite": "eval.suite moved to eval.final.suite",
+        "data.length_buckets": "data.length_buckets is gone: packed rows replace the buckets; set "
+                               "data.max_tokens_per_row (e.g. 384) and data.row_multiple / data.length_multiple",
+        "data.bucket_row_multiple": "data.bucket_row_multiple is gone: set data.row_multiple (rows of a packed batch)",
     }
 
 
@@ -301,7 +304,13 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     and the run `seed`, so one value sets both; an explicit data.image_size must agree."""
     values = dict(values)
     data = dict(values.get("data") or {})
-    model = _build(ModelConfig, values.get("model"), "model")
+    model_values = dict(values.get("model") or {})
+    # data.image_resize is the key a user sets; the model records it, so inference resizes alike.
+    if "image_resize" in data and "image_resize" not in model_values:
+        model_values["image_resize"] = data["image_resize"]
+    values["model"] = model_values
+    model = _build(ModelConfig, model_values, "model")
+    data.setdefault("image_resize", model.image_resize)
     data.setdefault("image_size", model.image_size)
     data.setdefault("seed", values.get("seed", RunConfig.seed))
     values["data"] = data
@@ -309,6 +318,9 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     if not config.data.latents and config.data.image_size != config.model.image_size:
         raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size="
                          f"{config.model.image_size}; set model.image_size only (data follows it)")
+    if config.data.image_resize != config.model.image_resize:
+        raise ValueError(f"data.image_resize={config.data.image_resize!r} differs from model.image_resize="
+                         f"{config.model.image_resize!r}; set data.image_resize only (the model follows it)")
     return config
 
 

@@ -27,13 +27,12 @@ from typing import Any
 
 import torch
 
-from unimodal.model import combine_outputs, noise_images
-
 from .checkpoint import Checkpointer, capture_rng, tag_for
 from .config import RunConfig
 from .ema import EMA
 from .engine import Engine
 from .metrics import MetricsLogger
+from .step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +105,8 @@ class _Window:
         self.lm_loss += output.lm_loss.item()
         self.denoise_loss += output.denoise_loss.item()
         self.micro_batches += 1
-        self.samples += int(batch.input_ids.shape[0])
-        self.tokens += int(batch.lengths.sum())
+        self.samples += batch.num_examples
+        self.tokens += batch.num_tokens
 
 
 @dataclass
@@ -118,7 +117,7 @@ class LoopContext:
     engine: Engine
     ema: EMA | None
     loader: Any  # data.ShardLoader: endless() yields `unimodal.layout.Batch`; state_dict(), `skipped`
-    process: Any  # unimodal.diffusion process (noising, targets)
+    objective: Any  # unimodal.objective.Objective (noising, targets, losses)
     codec: Any  # frozen latent codec on the engine's device
     checkpointer: Checkpointer
     metrics: MetricsLogger
@@ -139,25 +138,13 @@ class TrainingLoop:
         self.last_postfix: dict[str, float] = {}
         self.step_started = time.perf_counter()
         self.samples_per_s = 0.0  # smoothed, for the progress bar
+        self.train_step = TrainStep(ctx.engine, ctx.objective, ctx.codec, ctx.generator, ctx.config.data.latents)
 
     # ---- one micro-batch ----
     def forward(self, batch):
-        """Encode, noise and run one micro-batch; returns the model output (its losses merged over the
-        batch's length buckets, `data.length_buckets`, when it is split) and the batch."""
-        ctx = self.ctx
-        batch = batch.to(ctx.engine.device)
-        data = ctx.config.data
-        parts = batch.split_by_length(data.length_buckets, data.bucket_row_multiple, data.length_multiple)
-        outputs = [self._forward_part(part) for part in parts]
-        return combine_outputs(outputs, ctx.config.model), batch
-
-    def _forward_part(self, batch):
-        ctx = self.ctx
-        with torch.no_grad():
-            latents = batch.images if ctx.config.data.latents else ctx.codec.encode(batch.images)
-        noised, timesteps, target = noise_images(ctx.process, latents.float(), batch.image_is_target,
-                                                 ctx.config.model.condition_max_noise, ctx.generator)
-        return ctx.engine.forward(batch.with_images(noised), timesteps, target)
+        """Encode, noise, run and score one micro-batch (`TrainStep.losses`); returns (losses, batch)."""
+        batch = batch.to(self.ctx.engine.device)
+        return self.train_step.losses(batch), batch
 
     def trainer_state(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -185,15 +172,13 @@ class TrainingLoop:
                                   f"checkpoint at step {self.step}, then stop")
                 self.save_checkpoint()
                 return "interrupted"
-            output, batch = self.forward(next(batches))
-            finite = bool(torch.isfinite(output.loss.detach()))
-            if ctx.engine.all_reduce([float(not finite)])[0]:
+            batch = next(batches).to(ctx.engine.device)
+            boundary = ctx.engine.is_accumulation_boundary()
+            output, stepped = self.train_step(batch, skip=self._nonfinite_anywhere)
+            if not stepped:
                 self._skip_nonfinite(output)
                 continue
             self.consecutive_nonfinite = 0
-            boundary = ctx.engine.is_accumulation_boundary()
-            ctx.engine.backward(output.loss)
-            ctx.engine.step()
             self.window.add(output, batch)
             if boundary:
                 self.step += 1
@@ -201,6 +186,11 @@ class TrainingLoop:
         if self.last_checkpoint_step != self.step:
             self.save_checkpoint()
         return "finished"
+
+    def _nonfinite_anywhere(self, losses) -> bool:
+        """Whether any rank's loss is non-finite (every rank then skips the micro-batch)."""
+        finite = bool(torch.isfinite(losses.loss.detach()))
+        return bool(self.ctx.engine.all_reduce([float(not finite)])[0])
 
     def _batches(self) -> Iterator[Any]:
         """Endless micro-batches, epoch after epoch (the reader raises on an epoch without any)."""

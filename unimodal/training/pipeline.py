@@ -180,7 +180,7 @@ def load_tokenizer(config: RunConfig, is_main: bool, barrier: Callable[[], None]
 
 # ---------------------------------------------------------------------------------- data loader
 def build_loader(config: RunConfig, tokenizer: Tokenizer, rank: int, world_size: int):
-    layout = SequenceLayout(tokenizer, config.model.num_image_tokens)
+    layout = SequenceLayout(tokenizer, config.model.input_patch_size(config.data.latents))
     return build_train_loader(config.data, tokenizer, layout, rank, world_size)
 
 
@@ -192,7 +192,7 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     if count <= 0:
         return None
     try:
-        samples = list(islice(iter_samples(spec, config.model.image_size, classes=config.data.class_captions()),
+        samples = list(islice(iter_samples(spec, config.model.image_geometry(), classes=config.data.class_captions()),
                               count))
     except ValueError as error:  # no shards there
         log.warning("no sample grids: %s", error)

@@ -33,9 +33,9 @@ import yaml
 
 from unimodal.api import UniModal
 from unimodal.codecs import build_codec
-from unimodal.diffusion import make_process
 from unimodal.evaluation.run import EvalConfig, evaluate_shapes, run_suite
 from unimodal.model import UniModalModel
+from unimodal.objective import Objective
 from unimodal.tokenizer import Tokenizer
 
 from . import pipeline
@@ -179,7 +179,7 @@ def prepare_run(config: RunConfig) -> Run:
         if sample_set is not None:
             samples = SampleWriter(run_dir / "samples", sample_set, config.logging.sample_steps,
                                    config.logging.guidance_scale, seed=config.seed)
-    ctx = LoopContext(config=config, engine=engine, ema=ema, loader=loader, process=make_process(config.model),
+    ctx = LoopContext(config=config, engine=engine, ema=ema, loader=loader, objective=Objective(config.model),
                       codec=codec, checkpointer=checkpointer, metrics=metrics, generator=generator,
                       num_nonfinite=num_nonfinite)
     run = Run(config, dist, tokenizer, engine, ema, codec, TrainingLoop(ctx, start_step), samples)
