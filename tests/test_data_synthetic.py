@@ -1,5 +1,6 @@
 """The synthetic world and its checker: determinism, captions, QA, held-out split, read-back accuracy."""
 
+import hashlib
 import json
 import tarfile
 from collections import Counter
@@ -133,3 +134,75 @@ def test_checker_tolerates_noise_and_other_sizes():
     assert np.mean(scores) >= 0.95
     big = World(WorldConfig(image_size=64, jitter=3))
     assert all(Checker(big.config).check(big.sample(i).image, big.sample(i).objects)["all_correct"] for i in range(50))
+
+
+# ---- canvases of any aspect ratio ----
+CANVASES = [(32, 32), (48, 24), (24, 48), (40, 24)]  # (width, height): configs/tiny_aspect's three, plus an unseen one
+
+
+def scenes_digest(config: WorldConfig, num: int = 30) -> str:
+    """sha256 over the pixels, caption and metadata of scenes 0..num-1 of each split (seed 5)."""
+    world, digest = World(config), hashlib.sha256()
+    for split in ("train", "eval", "heldout"):
+        for sample in world.samples(num, split, seed=5):
+            digest.update(sample.image.tobytes())
+            digest.update(sample.caption.encode())
+            digest.update(json.dumps(sample.metadata(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("fields, expected", [
+    # Computed with the code before canvases existed (commit 9f3b782): square worlds keep their RNG
+    # draws and pixels, so shards written before and after are byte-identical.
+    ({}, "c05c886352f9a0549299f2c2fdc62f837b51733f0790a125540f49d072cf3bc3"),
+    ({"image_size": 24}, "c3707c79e339f03ed27614678039dabc6f3df5dbf0a3989ff01a301156c55987"),
+    ({"image_size": 35, "jitter": 2}, "0eaf5dc9e41a6cb1006e379ca391977f0de8687661358265088253fe6172a8b0"),
+    ({"image_size": 64, "jitter": 3}, "94a631a3c863964022882cc23195ed4804169a3b2e50cd86dcb4b0fecc632ac9"),
+])
+def test_square_canvases_render_as_before_canvases_existed(fields, expected):
+    assert scenes_digest(WorldConfig(**fields)) == expected
+    size = fields.get("image_size", 32)
+    square = WorldConfig(**{**fields, "image_size": [size, size]})  # a square pair is the same world
+    assert square == WorldConfig(**fields) and square.image_size == size and square.canvas == (size, size)
+    assert scenes_digest(square) == expected
+
+
+def test_a_canvas_scales_the_grid_and_keeps_scenes_and_words():
+    square, wide = World(), World(WorldConfig(image_size=(48, 24)))
+    assert wide.config.canvas == (48, 24) and WorldConfig.from_dict({"image_size": [48, 24]}) == wide.config
+    assert (wide.config.cell_width, wide.config.cell_height, wide.config.grid_origin) == (16, 8, (0, 0))
+    small, large = (wide.config.size_px(s) for s in ("small", "large"))
+    assert 2 <= small < large < wide.config.cell_height  # from the shorter cell side: shapes fit and stay square
+    for i in range(20):  # same draws on every canvas: the same objects, caption and QA, other pixels
+        a, b = square.sample(i, "heldout", seed=2), wide.sample(i, "heldout", seed=2)
+        assert (a.objects, a.caption, a.qa) == (b.objects, b.caption, b.qa)
+        assert b.image.shape == (24, 48, 3)
+    # "top right" is the right third of the width and the top third of the height.
+    image = render([SceneObject("square", "red", "large", "top right")], wide.config)
+    rows, cols = np.nonzero(image.any(-1))
+    assert rows.max() < 8 and cols.min() >= 32 and cols.max() < 48
+    assert len(rows) == large**2
+    tall = render([SceneObject("circle", "blue", "small", "bottom")], WorldConfig(image_size=(24, 48)))
+    rows, cols = np.nonzero(tall.any(-1))
+    assert tall.shape == (48, 24, 3) and rows.min() >= 32 and 8 <= cols.min() and cols.max() < 16
+    with pytest.raises(ValueError, match=">= 12 px a side"):
+        WorldConfig(image_size=(48, 9))
+    with pytest.raises(ValueError, match="int or \\(width, height\\)"):
+        WorldConfig(image_size=(48, 24, 3))
+
+
+@pytest.mark.parametrize("canvas", CANVASES)
+def test_checker_reads_back_rendered_scenes_on_each_canvas(canvas):
+    """Shape, colour, size and position of rendered truth scenes read back exactly on every canvas; the
+    checker takes the grid from the image, so one built for the square world reads them all."""
+    world = World(WorldConfig(image_size=canvas))
+    samples = [world.sample(i, "train" if i % 2 else "heldout", seed=11) for i in range(200)]
+    for checker in (Checker(), Checker(world.config)):
+        for sample in samples:
+            assert sample.image.shape == (canvas[1], canvas[0], 3)
+            result = checker.check(sample.image, sample.objects)
+            assert result["all_correct"] and all(result[a] for a in ("count", "colour", "shape", "position", "size"))
+    jittered = World(WorldConfig(image_size=canvas, jitter=1))
+    assert all(Checker().check(s.image, s.objects)["all_correct"] for s in jittered.samples(100, seed=3))
+    with pytest.raises(ValueError, match="too small"):
+        Checker().detect(np.zeros((10, 40, 3), dtype=np.uint8))

@@ -1,6 +1,7 @@
 """Shard writers (synthetic, folder + CSV/JSONL, Hugging Face datasets) and latent caching."""
 
 import csv
+import io
 import json
 import os
 import tarfile
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from unimodal.data import cache_latents, sources, write_shards
+from unimodal.data.checker import Checker
 from unimodal.data.config import DataConfig
 from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.synthetic import World, WorldConfig
@@ -47,6 +49,85 @@ def test_synthetic_cli_writes_shards_and_summary(tmp_path, capsys):
     assert [open(p, "rb").read() for p in again.shards] == [open(p, "rb").read() for p in paths]
     with pytest.raises(ValueError, match="already holds"):
         write_shards.write_synthetic_shards(out, 5, split="heldout", progress=False)
+
+
+def _tar_samples(paths):
+    """{key: {"png": PIL image, "txt": str, "json": dict}} of written shards."""
+    samples = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key, suffix = member.name.split(".", 1)
+                data = tar.extractfile(member).read()
+                if suffix == "png":
+                    value = Image.open(io.BytesIO(data))
+                else:
+                    value = json.loads(data) if suffix == "json" else data.decode()
+                samples.setdefault(key, {})[suffix] = value
+    return samples
+
+
+def test_synthetic_shards_cycle_canvases_in_equal_parts(tmp_path, capsys):
+    canvases = [(32, 32), (48, 24), (24, 48)]
+    summary = write_shards.write_synthetic_shards(tmp_path / "mixed", 12, seed=4, split="eval", canvases=canvases,
+                                                  max_count=5, progress=False)
+    samples = _tar_samples(summary.shards)
+    assert summary.num_samples == 12 and len(samples) == 12
+    checker = Checker()
+    for index, (key, sample) in enumerate(sorted(samples.items())):
+        canvas = canvases[index % 3]  # sample i on canvas i % 3: four of each
+        assert key == f"{index:09d}"
+        assert sample["json"]["canvas"] == list(canvas) and sample["png"].size == canvas
+        truth = World(WorldConfig(image_size=canvas)).sample(index, "eval", seed=4)
+        assert sample["txt"] == truth.caption and np.array_equal(np.asarray(sample["png"]), truth.image)
+        assert {k: v for k, v in sample["json"].items() if k != "canvas"} == truth.metadata()
+        assert checker.check(sample["png"], sample["json"]["objects"])["all_correct"]
+    # The CLI writes the same bytes; without canvases, KEY.json has no "canvas" (shards as before).
+    assert write_shards.main(["synthetic", "--out", str(tmp_path / "cli"), "--num-samples", "12", "--seed", "4",
+                              "--split", "eval", "--max-count", "5", "--canvases", "32x32", "48x24", "24x48",
+                              "--no-progress"]) == 0
+    cli = sorted((tmp_path / "cli").glob("*.tar"))
+    assert [p.read_bytes() for p in cli] == [open(p, "rb").read() for p in summary.shards]
+    plain = write_shards.write_synthetic_shards(tmp_path / "plain", 3, seed=4, split="eval", progress=False)
+    assert all("canvas" not in s["json"] for s in _tar_samples(plain.shards).values())
+    with pytest.raises(ValueError, match="width, height"):
+        write_shards.write_synthetic_shards(tmp_path / "bad", 3, canvases=[(32, 32, 3)], progress=False)
+    with pytest.raises(ValueError, match=">= 12 px a side"):
+        write_shards.write_synthetic_shards(tmp_path / "bad", 3, canvases=[(32, 8)], progress=False)
+    with pytest.raises(SystemExit):
+        write_shards.main(["synthetic", "--out", str(tmp_path / "bad"), "--num-samples", "3", "--canvases", "48by24"])
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_the_run_config_writes_canvas_splits_and_refuses_another_set(tmp_path):
+    from unimodal.training import pipeline
+    from unimodal.training.config import run_config_from_dict
+
+    def config(canvases):
+        synthetic = {"enabled": True, "num_train": 6, "num_eval": 3, "num_heldout": 3, "samples_per_shard": 10}
+        return run_config_from_dict({"model": {"preset": "debug"}, "output_dir": str(tmp_path / "run"),
+                                     "synthetic": {**synthetic, "canvases": canvases}})
+
+    mixed = config([[32, 32], [48, 24], [24, 48]])
+    assert mixed.synthetic.canvases == [(32, 32), (48, 24), (24, 48)]
+    assert mixed.to_dict()["synthetic"]["canvases"] == [[32, 32], [48, 24], [24, 48]]
+    pipeline.ensure_synthetic_shards(mixed, True, lambda: None)
+    shards = tmp_path / "run" / "shards"
+    for split, count in {"train": 6, "eval": 3, "heldout": 3}.items():
+        assert json.loads((shards / split / "split.json").read_text()) == {
+            "num_samples": count, "seed": 0, "canvases": [[32, 32], [48, 24], [24, 48]]}
+        samples = _tar_samples(sorted((shards / split).glob("*.tar")))
+        assert [s["json"]["canvas"] for _, s in sorted(samples.items())] == [[32, 32], [48, 24], [24, 48]] * (count // 3)
+    pipeline.ensure_synthetic_shards(mixed, True, lambda: None)  # the same canvases reuse them
+    with pytest.raises(ValueError, match=r"on canvases \[\[32, 32\], \[48, 24\], \[24, 48\]\].*synthetic.canvases="
+                                         r"\[\[32, 32\], \[40, 24\]\]"):
+        pipeline.ensure_synthetic_shards(config([[32, 32], [40, 24]]), True, lambda: None)
+    with pytest.raises(ValueError, match="synthetic.canvases=None"):  # nor the square default in that folder
+        pipeline.ensure_synthetic_shards(config(None), True, lambda: None)
+    with pytest.raises(ValueError, match="synthetic.canvases must be"):
+        config([[48, 24, 3]])
+    with pytest.raises(ValueError, match="synthetic.canvases must be"):
+        config([])
 
 
 def _image_folder(tmp_path, count=6):

@@ -16,7 +16,8 @@ Pipeline on one image (H, W, 3), generated ones included (noisy, blurry):
                                              "all_correct": bool, "object_accuracy": float, ...}
     parse_caption("a large red circle at the top left and ...") -> [SceneObject, ...]
 
-The grid is derived from the image's own size, so images of another resolution are read too.
+The grid is derived from the image's own width and height, so images of another resolution or
+aspect ratio are read too (a W x H image as the world's canvas (W, H), `WorldConfig.with_canvas`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,7 @@ class Checker:
 
     Args:
         config: the world whose palette, shapes and sizes to look for (image_size is ignored: the
-            grid comes from each image's own size).
+            grid and the shape sizes come from each image's own width and height).
         max_colour_distance: largest RGB residual with which a pixel still counts as a colour/background
             mix (see `classify_pixels`); None = 0.4 x the smallest distance between two palette
             entries (102 for the default palette).
@@ -113,11 +113,11 @@ class Checker:
         self.max_colour_distance = max_colour_distance if max_colour_distance is not None else 0.4 * smallest
         self.min_area_fraction = min_area_fraction
 
-    def _world_at(self, image_size: int) -> WorldConfig:
-        """The config's grid geometry at the size of the image being read."""
-        if image_size == self.config.image_size:
-            return self.config
-        return replace(self.config, image_size=image_size)
+    def _world_at(self, width: int, height: int) -> WorldConfig:
+        """The config's grid geometry on the canvas of the image being read."""
+        if min(width, height) < 12:
+            raise ValueError(f"an image of {width}x{height} px (WxH) is too small to read a 3x3 grid of shapes")
+        return self.config.with_canvas(width, height)
 
     def classify_pixels(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W) int: colour index, or -1 for background / no colour.
@@ -142,11 +142,7 @@ class Checker:
         """The objects in `image`, in row-major cell order."""
         rgb = to_uint8_rgb(image)
         height, width = rgb.shape[:2]
-        if height != width:
-            raise ValueError(f"the synthetic world is square; got an image of {height}x{width}")
-        world = self._world_at(height)
-        if world.cell_size < 4:
-            raise ValueError(f"image of {height} px is too small to read a 3x3 grid of shapes")
+        world = self._world_at(width, height)
         labels = self.classify_pixels(rgb)
         smallest_side = min(world.size_px(s) for s in world.sizes)
         min_area = max(2, int(self.min_area_fraction * smallest_side**2))
@@ -165,8 +161,9 @@ class Checker:
 
     @staticmethod
     def _cell(world: WorldConfig, cy: float, cx: float) -> str:
-        row = min(2, max(0, int((cy - world.grid_origin) // world.cell_size)))
-        col = min(2, max(0, int((cx - world.grid_origin) // world.cell_size)))
+        top, left = world.grid_origin
+        row = min(2, max(0, int((cy - top) // world.cell_height)))
+        col = min(2, max(0, int((cx - left) // world.cell_width)))
         return POSITIONS[3 * row + col]
 
     def _shape(self, pixels: np.ndarray) -> str:

@@ -3,12 +3,15 @@
 A scene is 1-3 objects (`WorldConfig.min_shapes`..`max_shapes`) on a plain background, at most one
 per cell of a 3x3 grid. Each object has a shape (circle, square, triangle), a colour (6 RGB-cube
 corners, far apart so a blurry generated image still snaps to the right one), a size (small/large)
-and a position (the grid cell). Everything is drawn without anti-aliasing so the checker
-(`data/checker.py`) reads rendered ground truth back exactly.
+and a position (the grid cell). The canvas is square by default or any W x H
+(`WorldConfig.image_size=(W, H)`): the grid is scaled to it (cells of W/3 x H/3 px) and the shapes
+to the shorter cell side, so "top left" and small/large mean the same on every canvas. Everything
+is drawn without anti-aliasing so the checker (`data/checker.py`) reads rendered ground truth back
+exactly.
 
     world = World(WorldConfig())
     sample = world.sample(index=7, split="train", seed=0)
-    sample.image      # (H, W, 3) uint8
+    sample.image      # (H, W, 3) uint8; WorldConfig(image_size=(48, 24)) gives (24, 48, 3)
     sample.caption    # "a large red circle at the top left and a small blue square at the bottom right"
     sample.qa         # [{"question": "how many shapes are there?", "answer": "2"}, ...]
     sample.objects    # [SceneObject(shape="circle", colour="red", size="large", position="top left"), ...]
@@ -21,7 +24,7 @@ never appear in `train`/`eval` scenes; every `heldout` scene contains at least o
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,7 +47,9 @@ MIN_COLOUR_DISTANCE = 100.0  # RGB distance every two palette entries (backgroun
 class WorldConfig:
     """What scenes look like. The defaults are tuned to be learnable by a ~5M-parameter model at 32 px."""
 
-    image_size: int = 32  # pixels, square; any size >= 12 works, shapes scale with the grid cell
+    # Canvas in pixels: N for N x N, or (width, height) as PIL's Image.size; each side >= 12. A square
+    # pair is stored as its int, so (32, 32) and 32 are one world and world.json keeps its old form.
+    image_size: int | tuple[int, int] = 32
     min_shapes: int = 1
     max_shapes: int = 3  # at most 9 (one per grid cell)
     # Corners of the RGB cube: pairwise distance >= 255, so the checker's nearest-colour rule is robust.
@@ -52,8 +57,8 @@ class WorldConfig:
         "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
         "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255)})
     shapes: tuple[str, ...] = SHAPES
-    # Size name -> shape side as a fraction of the grid cell (10 px at 32 px: small 6 px, large 9 px,
-    # so two large shapes in neighbouring cells keep a 1 px gap and never touch).
+    # Size name -> shape side as a fraction of the grid cell's shorter side (10 px at 32 px: small 6 px,
+    # large 9 px, so two large shapes in neighbouring cells keep a 1 px gap and never touch).
     sizes: dict[str, float] = field(default_factory=lambda: {"small": 0.6, "large": 0.9})
     background: tuple[int, int, int] = (0, 0, 0)
     # (colour, shape) pairs never shown in training images; one per shape and colour, so every colour
@@ -62,6 +67,13 @@ class WorldConfig:
     jitter: int = 0  # max random offset (px) of a shape inside its cell; 0 = canonical positions
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_size, (int, np.integer)):
+            self.image_size = int(self.image_size)
+        else:
+            canvas = tuple(int(v) for v in self.image_size)
+            if len(canvas) != 2:
+                raise ValueError(f"WorldConfig.image_size must be an int or (width, height), got {self.image_size}")
+            self.image_size = canvas[0] if canvas[0] == canvas[1] else canvas
         self.colours = {name: tuple(int(v) for v in rgb) for name, rgb in self.colours.items()}
         self.shapes = tuple(self.shapes)
         self.background = tuple(int(v) for v in self.background)
@@ -73,8 +85,8 @@ class WorldConfig:
         return config_from_dict(cls, values)
 
     def validate(self) -> None:
-        if self.image_size < 12:
-            raise ValueError(f"WorldConfig.image_size must be >= 12 px (3 cells of >= 4 px), got {self.image_size}")
+        if min(self.canvas) < 12:
+            raise ValueError(f"WorldConfig.image_size must be >= 12 px a side (3 cells of >= 4 px), got {self.image_size}")
         if not 1 <= self.min_shapes <= self.max_shapes <= 9:
             raise ValueError(f"WorldConfig needs 1 <= min_shapes <= max_shapes <= 9, got "
                              f"{self.min_shapes}..{self.max_shapes}")
@@ -107,13 +119,36 @@ class WorldConfig:
 
     # ---- grid geometry (shared with the checker) ----
     @property
-    def cell_size(self) -> int:
-        return self.image_size // 3
+    def canvas(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return self.image_size
+
+    def with_canvas(self, width: int, height: int) -> WorldConfig:
+        """This world on a `width` x `height` canvas (grid and shape sizes follow it)."""
+        if (width, height) == self.canvas:
+            return self
+        return replace(self, image_size=(width, height))
 
     @property
-    def grid_origin(self) -> int:
-        """Offset of the grid from the image border: the leftover pixels are split evenly."""
-        return (self.image_size - 3 * self.cell_size) // 2
+    def cell_width(self) -> int:
+        return self.canvas[0] // 3
+
+    @property
+    def cell_height(self) -> int:
+        return self.canvas[1] // 3
+
+    @property
+    def cell_size(self) -> int:
+        """The shorter cell side: shape sizes scale with it, so shapes stay square and fit their cell."""
+        return min(self.cell_width, self.cell_height)
+
+    @property
+    def grid_origin(self) -> tuple[int, int]:
+        """(top, left) offset of the grid from the image border: the leftover pixels are split evenly."""
+        width, height = self.canvas
+        return (height - 3 * self.cell_height) // 2, (width - 3 * self.cell_width) // 2
 
     def size_px(self, size: str) -> int:
         """Side in pixels of a shape of `size`; at least 1 px smaller than a cell so shapes never touch."""
@@ -167,21 +202,23 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
 def cell_box(config: WorldConfig, position: str) -> tuple[int, int]:
     """(top, left) pixel of the grid cell called `position`."""
     row, col = divmod(POSITIONS.index(position), 3)
-    return config.grid_origin + row * config.cell_size, config.grid_origin + col * config.cell_size
+    top, left = config.grid_origin
+    return top + row * config.cell_height, left + col * config.cell_width
 
 
 def render(objects: Sequence[SceneObject], config: WorldConfig,
            offsets: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """Draw `objects` -> (H, W, 3) uint8. `offsets` are per-object (dy, dx) jitters inside the cell."""
-    image = np.empty((config.image_size, config.image_size, 3), dtype=np.uint8)
+    width, height = config.canvas
+    image = np.empty((height, width, 3), dtype=np.uint8)
     image[:] = config.background
     for i, obj in enumerate(objects):
         side = config.size_px(obj.size)
         top, left = cell_box(config, obj.position)
-        slack = config.cell_size - side
+        slack_y, slack_x = config.cell_height - side, config.cell_width - side  # room left in the cell
         dy, dx = offsets[i] if offsets is not None else (0, 0)
-        top += min(max(slack // 2 + dy, 0), slack)
-        left += min(max(slack // 2 + dx, 0), slack)
+        top += min(max(slack_y // 2 + dy, 0), slack_y)
+        left += min(max(slack_x // 2 + dx, 0), slack_x)
         mask = shape_mask(obj.shape, side)
         image[top: top + side, left: left + side][mask] = config.colours[obj.colour]
     return image

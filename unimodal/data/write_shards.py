@@ -1,6 +1,7 @@
 """Write webdataset tar shards (KEY.png|jpg|webp, KEY.txt, optional KEY.json) from a sample source.
 
     python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 [--split train]
+        [--canvases 32x32 48x24 24x48]
     python -m unimodal.data.write_shards folder --out shards/mine --images DIR --captions captions.csv|jsonl
     python -m unimodal.data.write_shards hf --out shards/hf --dataset-path DIR --image-column image --text-column text
 
@@ -17,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from .skips import SkipCounter
-from .sources import IMAGE_FIELDS, ShardSample, Skip, folder_source, hf_source, synthetic_source
+from .sources import IMAGE_FIELDS, ShardSample, Skip, encode_png, folder_source, hf_source, synthetic_source
 from .synthetic import SPLITS, World, WorldConfig
 
 FIXED_MTIME = 0  # reproducible tar files; an int, as a float mtime costs a PAX header per file
@@ -124,10 +125,29 @@ def write_shards(samples: Iterable[ShardSample | Skip], out_dir: str | Path, pre
     return summary
 
 
+def canvas_worlds(world_config: WorldConfig | None, canvases: Sequence[Sequence[int]]) -> list[World]:
+    """One `World` per (width, height) canvas of `world_config`; ValueError for a bad canvas."""
+    config = world_config or WorldConfig()
+    if not canvases or any(len(canvas) != 2 for canvas in canvases):
+        raise ValueError(f"canvases must be a non-empty list of (width, height) pairs, got {canvases}")
+    return [World(config.with_canvas(int(width), int(height))) for width, height in canvases]
+
+
+def canvas_source(worlds: Sequence[World], num_samples: int, split: str = "train",
+                  seed: int = 0) -> Iterator[ShardSample]:
+    """Like `sources.synthetic_source`, but sample `index` is drawn on `worlds[index % len(worlds)]`
+    (equal parts, in a fixed cycle) and its metadata records that canvas as "canvas": [W, H]."""
+    for index in range(num_samples):
+        world = worlds[index % len(worlds)]
+        sample = world.sample(index, split, seed)
+        metadata = {**sample.metadata(), "canvas": list(world.config.canvas)}
+        yield ShardSample(f"{index:09d}", encode_png(sample.image), "png", sample.caption, metadata)
+
+
 def write_synthetic_shards(out_dir: str | Path, num_samples: int, seed: int = 0, split: str = "train",
                            world_config: WorldConfig | None = None, *, prefix: str | None = None,
-                           max_count: int = 10_000, max_size_mb: float = 1_000.0,
-                           progress: bool = True) -> WriteSummary:
+                           canvases: Sequence[Sequence[int]] | None = None, max_count: int = 10_000,
+                           max_size_mb: float = 1_000.0, progress: bool = True) -> WriteSummary:
     """Write `num_samples` scenes of the synthetic world's `split` into tar shards under `out_dir`.
 
     Args:
@@ -137,18 +157,24 @@ def write_synthetic_shards(out_dir: str | Path, num_samples: int, seed: int = 0,
         split: "train", "eval" or "heldout" (see `unimodal.data.synthetic`).
         world_config: the world (None = `WorldConfig()`).
         prefix: shard name prefix (None = the split).
+        canvases: (width, height) canvases to cycle through per sample (sample i on canvas
+            i % len(canvases)), each KEY.json recording its "canvas": [W, H]; they replace the world's
+            own image_size. None = every sample on the world's canvas, KEY.json without "canvas".
         max_count, max_size_mb, progress: as in `write_shards`.
 
     Returns:
         The `WriteSummary` (shard paths, counts, brace pattern).
 
     Raises:
-        ValueError: an unknown split, non-positive shard limits, a bad prefix, or `out_dir` already
-            holding shards of this prefix.
+        ValueError: an unknown split, a bad canvas, non-positive shard limits, a bad prefix, or
+            `out_dir` already holding shards of this prefix.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
-    source = synthetic_source(World(world_config), num_samples, split, seed)
+    if canvases is None:
+        source = synthetic_source(World(world_config), num_samples, split, seed)
+    else:
+        source = canvas_source(canvas_worlds(world_config, canvases), num_samples, split, seed)
     return write_shards(source, out_dir, prefix=prefix or split, max_count=max_count, max_size_mb=max_size_mb,
                         total=num_samples, progress=progress)
 
@@ -170,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                           "with a held-out combo")
     syn.add_argument("--image-size", type=int, default=None, help="pixels (default 32, or the world config's)")
     syn.add_argument("--world-config", default=None, help="JSON or YAML file of WorldConfig fields")
+    syn.add_argument("--canvases", nargs="+", type=_canvas, default=None, metavar="WxH",
+                     help="canvases (width x height px) cycled per sample in equal parts, e.g. 32x32 48x24 24x48; "
+                          "each KEY.json records its canvas (default: the world's one canvas)")
     folder = sub.add_parser("folder", parents=[common], help="an image folder plus a CSV/JSONL captions file")
     folder.add_argument("--images", required=True, help="folder the captions file's image paths are relative to")
     folder.add_argument("--captions", required=True, help="CSV (with header) or JSONL file, one row per image")
@@ -183,6 +212,15 @@ def _parser() -> argparse.ArgumentParser:
     hf.add_argument("--split", default=None, help="split of a DatasetDict (default: train)")
     hf.add_argument("--extra-columns", nargs="*", default=[], help="columns copied into KEY.json")
     return parser
+
+
+def _canvas(text: str) -> tuple[int, int]:
+    """'48x24' -> (48, 24)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 48x24; got {text!r}") from None
+    return width, height
 
 
 def _load_world_config(path: str | None, image_size: int | None) -> WorldConfig:
@@ -203,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         options["prefix"] = args.prefix
     if args.source == "synthetic":
         summary = write_synthetic_shards(args.out, args.num_samples, args.seed, args.split,
-                                         _load_world_config(args.world_config, args.image_size), **options)
+                                         _load_world_config(args.world_config, args.image_size),
+                                         canvases=args.canvases, **options)
     else:
         if args.source == "folder":
             source, total = folder_source(args.images, args.captions, args.image_field, args.text_field)

@@ -52,6 +52,16 @@ class SyntheticConfig:
     # unimodal.data.synthetic.WorldConfig fields (image_size comes from model.image_size). Saved as world.json
     # beside the shards and in the export, so eval checks generations against the same world.
     world: dict[str, Any] = field(default_factory=dict)
+    # [[W, H], ...] px: every split cycles through these canvases per sample (equal parts), each KEY.json
+    # recording its "canvas"; None = all on the model's square image_size, as before canvases existed.
+    canvases: list[tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.canvases is not None:
+            if not self.canvases or any(len(c) != 2 or min(c) < 12 for c in self.canvases):
+                raise ValueError(f"synthetic.canvases must be a non-empty list of [width, height] pairs of >= 12 "
+                                 f"px, e.g. [[32, 32], [48, 24]]; got {self.canvases}")
+            self.canvases = [(int(width), int(height)) for width, height in self.canvases]
 
 
 @dataclass

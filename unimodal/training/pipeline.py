@@ -79,21 +79,24 @@ def write_world_file(config: RunConfig, folder: Path) -> Path:
     return path
 
 
-SPLIT_FILE = "split.json"  # beside a written split's shards: its sample count and seed
+SPLIT_FILE = "split.json"  # beside a written split's shards: its sample count, seed and canvases if set
 
 
 def check_split(folder: Path, wanted: dict, split: str) -> None:
-    """Raise ValueError when an existing split was written with another sample count or seed (e.g.
-    by a short trial run in the same run folder), instead of silently training on it."""
+    """Raise ValueError when an existing split was written with another sample count, seed or set of
+    canvases (e.g. by a short trial run in the same run folder), instead of silently training on it."""
     record = folder / SPLIT_FILE
     if not record.is_file():  # written before split.json existed: nothing to compare with
         return
     found = json.loads(record.read_text())
     if found != wanted:
         key = {"train": "num_train", "eval": "num_eval", "heldout": "num_heldout"}[split]
-        raise ValueError(f"{folder} holds {found['num_samples']} samples of seed {found['seed']}, but the config asks "
-                         f"for synthetic.{key}={wanted['num_samples']}, synthetic.seed={wanted['seed']}: use another "
-                         f"name=... (or synthetic.output_dir) or delete {folder.parent}")
+        found_on = wanted_on = ""
+        if "canvases" in found or "canvases" in wanted:  # None: the model's square image_size
+            found_on, wanted_on = f" on canvases {found.get('canvases')}", f", synthetic.canvases={wanted.get('canvases')}"
+        raise ValueError(f"{folder} holds {found['num_samples']} samples of seed {found['seed']}{found_on}, but the "
+                         f"config asks for synthetic.{key}={wanted['num_samples']}, synthetic.seed={wanted['seed']}"
+                         f"{wanted_on}: use another name=... (or synthetic.output_dir) or delete {folder.parent}")
 
 
 def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
@@ -118,6 +121,8 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
         for split in SPLITS:
             final = root / split
             wanted = {"num_samples": counts[split], "seed": syn.seed}
+            if syn.canvases is not None:  # absent otherwise, so square folders written before canvases still match
+                wanted["canvases"] = [list(canvas) for canvas in syn.canvases]
             if final.is_dir():
                 check_split(final, wanted, split)
                 continue
@@ -127,7 +132,7 @@ def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[
             shutil.rmtree(staging, ignore_errors=True)
             log.info("writing %d synthetic %s samples to %s", counts[split], split, final)
             summary = write_synthetic_shards(staging, counts[split], seed=syn.seed, split=split, world_config=world,
-                                             max_count=syn.samples_per_shard, progress=False)
+                                             canvases=syn.canvases, max_count=syn.samples_per_shard, progress=False)
             log.info("%s", summary)
             (staging / SPLIT_FILE).write_text(json.dumps(wanted))
             os.replace(staging, final)
