@@ -146,12 +146,17 @@ def test_split_by_length_with_row_and_length_multiples(tokenizer):
     assert batch.split_by_length(2, row_multiple=8, length_multiple=8) == [batch]
 
 
-def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
+def test_fewest_padded_cuts_minimises_padding_in_as_many_parts_as_the_rows_allow():
+    """Exactly min(max_parts, allowed ends) parts, whatever the lengths: ranks whose batches differ in
+    lengths but not in rows make the same number of forward calls (tests/test_distributed.py)."""
     assert _fewest_padded_cuts([1, 1, 1, 10, 10], 2) == [3, 5]
     assert _fewest_padded_cuts([1, 1, 1, 10, 10], 1) == [5]
     assert _fewest_padded_cuts([1, 5, 5, 9], 3) == [1, 3, 4]
-    assert _fewest_padded_cuts([4, 4, 4], 3) == [3]  # splitting equal rows saves nothing
+    assert _fewest_padded_cuts([4, 4, 4], 3) == [1, 2, 3]  # equal rows too: splitting them pads no more
+    assert _fewest_padded_cuts([1, 1, 1, 10, 10], 4) == [1, 2, 3, 5]
     assert _fewest_padded_cuts([2, 3], 8) == [1, 2]  # never more parts than rows
+    assert _fewest_padded_cuts([5] * 5, 3, row_multiple=2) == [2, 4, 5]
+    assert _fewest_padded_cuts([5] * 5, 4, row_multiple=2) == [2, 4, 5]  # three ends allowed
 
     def padded(lengths, ends):
         starts = [0] + ends[:-1]
@@ -163,10 +168,11 @@ def test_fewest_padded_cuts_minimises_padding_and_prefers_fewer_parts():
         parts = rng.randint(1, 4)
         cuts = [list(c) + [len(lengths)] for r in range(parts) for c in itertools.combinations(range(1, len(lengths)), r)]
         ends = _fewest_padded_cuts(lengths, parts)
-        assert len(ends) <= parts and ends[-1] == len(lengths)
-        assert padded(lengths, ends) == min(padded(lengths, c) for c in cuts)
+        assert len(ends) == min(parts, len(lengths)) and ends[-1] == len(lengths)
+        assert padded(lengths, ends) == min(padded(lengths, c) for c in cuts if len(c) == len(ends))
         multiple = rng.randint(2, 3)  # cuts only after a multiple of rows, inside runs of equal lengths too
         allowed = [c for c in cuts if all(end % multiple == 0 for end in c[:-1])]
         ends = _fewest_padded_cuts(lengths, parts, multiple)
-        assert ends in allowed and padded(lengths, ends) == min(padded(lengths, c) for c in allowed)
+        assert len(ends) == min(parts, -(-len(lengths) // multiple))
+        assert ends in allowed and padded(lengths, ends) == min(padded(lengths, c) for c in allowed if len(c) == len(ends))
     assert _fewest_padded_cuts([1] * 5 + [10] * 3, 2, row_multiple=2) == [4, 8]  # inside the run of 1s

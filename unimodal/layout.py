@@ -84,13 +84,16 @@ class Batch:
                      self.images[keep], image_rows[keep], self.image_starts[keep], self.image_is_target[keep])
 
     def split_by_length(self, max_parts: int, row_multiple: int = 1, length_multiple: int = 1) -> list[Batch]:
-        """Split a right-padded batch into at most `max_parts` sub-batches of rows of similar length,
-        each padded only to its own longest row, choosing the split that pads the fewest positions.
+        """Split a right-padded batch into `max_parts` sub-batches of rows of similar length (fewer
+        only when it has too few rows), each padded only to its own longest row, choosing the split
+        that pads the fewest positions.
 
         A batch that mixes short and long sequences (captions and generations of ~90 tokens, VQA
         with 8 turns of ~170) otherwise spends a third of its compute on padding. Run each part and
         merge the losses with `unimodal.model.combine_outputs`: the result equals the unsplit batch's.
-        `max_parts` 1 returns `[self]` without looking at the lengths.
+        `max_parts` 1 returns `[self]` without looking at the lengths. The number of parts depends on
+        the row count alone, min(max_parts, ceil(rows / row_multiple)), never on the lengths: under
+        ZeRO-3 every forward call is a collective, so all ranks must make the same number of them.
 
         `row_multiple` and `length_multiple` keep the parts' shapes to a few: every part but the last
         has a multiple of `row_multiple` rows, and each part's length is rounded up to a multiple of
@@ -119,15 +122,14 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _fewest_padded_cuts(sorted_lengths: list[int], max_parts: int, row_multiple: int = 1) -> list[int]:
-    """End indices of at most `max_parts` contiguous groups of ascending `sorted_lengths` that
-    minimise the padded size, sum over groups of (rows x longest row), every group but the last
-    ending at a multiple of `row_multiple`. Dynamic programming over the candidate cuts: O(k·U²) for
-    U of them."""
+    """End indices of exactly min(`max_parts`, U) contiguous groups of ascending `sorted_lengths`
+    that minimise the padded size, sum over groups of (rows x longest row), every group but the last
+    ending at a multiple of `row_multiple` (U: the number of such ends). Dynamic programming over
+    the candidate cuts: O(k·U²)."""
     count = len(sorted_lengths)
-    if row_multiple == 1:  # after the last row of each run of equal lengths: cutting inside a run never helps
-        ends = [j for j in range(1, count + 1) if j == count or sorted_lengths[j] != sorted_lengths[j - 1]]
-    else:  # every multiple: the best cut may fall inside a run (the last multiple before it ends)
-        ends = [j for j in range(1, count + 1) if j == count or j % row_multiple == 0]
+    # Every allowed end, also inside runs of equal lengths, and exactly `parts` groups even where fewer
+    # pad as little: the count then follows from the row count alone, the same on every rank.
+    ends = [j for j in range(1, count + 1) if j == count or j % row_multiple == 0]
     points = [0] + ends
     parts = min(max_parts, len(ends))
     inf = float("inf")
@@ -144,9 +146,8 @@ def _fewest_padded_cuts(sorted_lengths: list[int], max_parts: int, row_multiple:
                 if candidate < cost[k][b]:
                     cost[k][b], cut[k][b] = candidate, a
     last = len(points) - 1
-    best = min(range(1, parts + 1), key=lambda k: cost[k][last])  # fewest groups on ties
     chosen, b = [], last
-    for k in range(best, 0, -1):
+    for k in range(parts, 0, -1):
         chosen.append(points[b])
         b = cut[k][b]
     return chosen[::-1]

@@ -147,6 +147,7 @@ class TrainingLoop:
         ctx = self.ctx
         batch = batch.to(ctx.engine.device)
         data = ctx.config.data
+        # Same part count on every rank (ZeRO-3 gathers in each forward): it follows from the rows alone, no all-reduce.
         parts = batch.split_by_length(data.length_buckets, data.bucket_row_multiple, data.length_multiple)
         outputs = [self._forward_part(part) for part in parts]
         return combine_outputs(outputs, ctx.config.model), batch
