@@ -104,7 +104,11 @@ class EngineConfig:
     # 1.25-1.4x faster tiny steps on 2 CPU cores after ~20-40 s of compiling. "none" (or false): eager.
     # Not with ZeRO-3.
     compile: str = "none"
-    dist_timeout_s: int = 1800
+    # A collective (all-reduce, ZeRO gather, barrier) that waits longer than this ends the run with a
+    # message naming the rank and the step (exit code 4) instead of hanging: a rank that died or
+    # diverged. Raise it if rank 0 alone works longer than this while the others wait (writing
+    # synthetic shards, training the tokenizer, in-training evals).
+    collective_timeout_s: int = 600
     # Merged last into the derived DeepSpeed config, for settings this file does not model
     # (e.g. {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}).
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -209,6 +213,7 @@ class RunConfig:
         if self.optimizer.impl not in OPTIMIZER_IMPLS:
             raise ValueError(f"optimizer.impl={self.optimizer.impl!r}; expected one of {OPTIMIZER_IMPLS}")
         positive = {"deepspeed.gradient_accumulation_steps": engine.gradient_accumulation_steps,
+                    "deepspeed.collective_timeout_s": engine.collective_timeout_s,
                     "schedule.total_steps": sched.total_steps, "checkpoint.every": self.checkpoint.every,
                     "checkpoint.keep": self.checkpoint.keep, "logging.every": self.logging.every,
                     "ema.update_every": self.ema.update_every,

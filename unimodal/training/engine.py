@@ -106,8 +106,14 @@ def _limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
 
-def init_distributed(timeout_s: int = 1800) -> DistInfo:
-    """Initialise the process group once per process (later calls reuse it) and pick the device."""
+def init_distributed(timeout_s: float = 600) -> DistInfo:
+    """Initialise the process group once per process (later calls reuse it) and pick the device.
+
+    `timeout_s` bounds every collective (DeepSpeed hands it to `torch.distributed.init_process_group`).
+    gloo then raises a RuntimeError in the rank that waited (`collective_failure` recognises it);
+    NCCL's watchdog tears the process down itself (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default),
+    logging the rank and the collective that timed out.
+    """
     prepare_environment()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines repeat our own logs
     on_gpu = get_accelerator().device_name() != "cpu"
@@ -122,6 +128,21 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
     else:
         device = torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def collective_failure(error: BaseException, timeout_s: float) -> str | None:
+    """What went wrong, when `error` comes from the communication backend; None for any other error.
+
+    gloo raises a plain RuntimeError from its C++ source ("[.../gloo/transport/tcp/unbound_buffer.cc:78]
+    Timed out waiting 5000ms for recv operation to complete", "... Connection reset by peer");
+    NCCL errors that reach Python are `torch.distributed.DistBackendError`.
+    """
+    text = str(error)
+    if not (isinstance(error, torch.distributed.DistBackendError) or "gloo" in text or "NCCL" in text):
+        return None
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return f"a collective waited more than {timeout_s:g} s"
+    return "a collective failed"
 
 
 def shutdown_distributed() -> None:

@@ -42,7 +42,7 @@ from . import pipeline
 from .checkpoint import Checkpointer, resolve_resume, restore_rng
 from .config import RunConfig, config_changes, load_run_config, save_run_config
 from .ema import EMA
-from .engine import DistInfo, Engine, deepspeed_config, init_distributed, shutdown_distributed
+from .engine import DistInfo, Engine, collective_failure, deepspeed_config, init_distributed, shutdown_distributed
 from .export import build_inference_model, export_run, inference_weights
 from .loop import LoopContext, StopSignals, TrainingDiverged, TrainingLoop
 from .metrics import PLOT_FILE, MetricsLogger, plot_losses
@@ -53,6 +53,7 @@ log = logging.getLogger("training")
 EXIT_INTERRUPTED = 130
 EXIT_DIVERGED = 2
 EXIT_CONFIG = 3
+EXIT_COLLECTIVE = 4
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -132,7 +133,7 @@ def seed_everything(seed: int, rank: int) -> torch.Generator:
 
 def prepare_run(config: RunConfig) -> Run:
     """Distributed set-up, data, tokenizer, model, engine, EMA and resume: a run ready to train."""
-    dist = init_distributed(config.deepspeed.dist_timeout_s)
+    dist = init_distributed(config.deepspeed.collective_timeout_s)
     barrier = (lambda: torch.distributed.barrier()) if dist.world_size > 1 else (lambda: None)
     run_dir = config.run_dir
     if dist.is_main:
@@ -294,9 +295,23 @@ def _setup_logging() -> None:
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def collective_failure_message(problem: str, error: BaseException, config: RunConfig, run: Run | None) -> str:
+    """The one line a rank prints when a collective times out or loses its peer: which rank, which step."""
+    rank = int(os.environ.get("RANK", "0"))
+    if run is None:
+        where = "during set-up"
+    elif run.loop.step < config.schedule.total_steps:
+        where = f"at step {run.loop.step + 1} ({run.loop.step} done)"
+    else:
+        where = f"after the last step ({run.loop.step}: checkpoint, grids or export)"
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"rank {rank}: {problem} {where}; another rank probably diverged or died: look for its error above "
+            f"(deepspeed.collective_timeout_s={config.deepspeed.collective_timeout_s} sets the limit). [{detail}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the whole job; returns the process exit code (0 done, 130 interrupted, 2 diverged,
-    3 bad config)."""
+    3 bad config, 4 a collective timed out or lost a rank)."""
     args = parse_args(argv)
     _setup_logging()
     try:
@@ -317,20 +332,31 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump({"run": config.to_dict(), f"deepspeed (world size {world}, {device.type})":
                               deepspeed_config(config, world, device)}, sort_keys=False))
         return 0
-    run = prepare_run(config)
+    run = None
     try:
+        run = prepare_run(config)
         outcome = run.train()
+        where = finish(run) if outcome == "finished" else {}
     except TrainingDiverged as error:
         run.close()
         log.error("%s", error)
         return EXIT_DIVERGED
+    except RuntimeError as error:  # a collective that timed out (or whose peer is gone) must end the run, not hang it
+        problem = collective_failure(error, config.deepspeed.collective_timeout_s)
+        if problem is None:
+            raise
+        message = collective_failure_message(problem, error, config, run)
+        log.error("%s", message)
+        if run is not None:
+            run.loop.ctx.metrics.event(run.loop.step, "collective_failed", "", error=message)  # logged above
+            run.close()
+        return EXIT_COLLECTIVE
     if outcome == "interrupted":
         run.close()
         if run.dist.is_main:
             print(f"interrupted: checkpoint at step {run.loop.step} in {run.run_dir / 'checkpoints'}; "
                   f"run the same command again to continue", flush=True)
         return EXIT_INTERRUPTED
-    where = finish(run)
     shutdown_distributed()
     if run.dist.is_main:
         width = max(len(k) for k in where)
