@@ -1,9 +1,10 @@
 """Two ranks that must stay in step: torchrun with 2 CPU processes (gloo), the debug model, 4 steps.
 
 - Under ZeRO-3 every forward and backward call gathers each layer's parameters from all ranks, so
-  ranks that run a micro-batch as different numbers of parts (`data.length_buckets`) wait on each
-  other forever. The ranks here read batches of different lengths (rank 0 captions only, rank 1
-  multi-turn VQA beside captions); both must finish having made the same number of forward calls.
+  ranks that run a micro-batch as different numbers of parts (as the length buckets that packed
+  rows replaced did) wait on each other forever. The ranks here read batches of different lengths
+  (rank 0 captions only, rank 1 multi-turn VQA beside captions), packed into rows; both must
+  finish having made the same number of forward calls.
 - A rank that stops taking part (here: sleeps past the timeout at step 2) must end the run with a
   message naming the rank and the step, never hang it (`deepspeed.collective_timeout_s`).
 
@@ -46,9 +47,10 @@ def torchrun(spec: dict, argv: list[str], limit_s: float = RUN_LIMIT_S) -> tuple
 
 
 def uneven_run_args(shard_dir: Path, out: Path, *extra: str) -> list[str]:  # noqa: F811
-    """Batches of 4 rows cut into 2 parts of 2 rows, lengths padded to 16: with the fewest parts
-    that pad least, rank 0's all-caption batches stayed whole while rank 1's split in two."""
-    return run_args(shard_dir, out, "data.length_buckets=2", "data.bucket_row_multiple=2", "data.length_multiple=16",
+    """Batches of 4 examples packed into rows of up to 128 positions, lengths padded to 16: the
+    ranks' batches differ in rows and lengths (length buckets split such batches into different
+    numbers of parts on each rank, the hang this guards against)."""
+    return run_args(shard_dir, out, "data.max_tokens_per_row=128", "data.length_multiple=16",
                     "eval.enabled=false", "checkpoint.export=false", *extra)
 
 
@@ -65,7 +67,7 @@ def test_ranks_with_different_lengths_make_the_same_forward_calls(tmp_path, shar
     counts = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     lengths = [{n for batch in c["lengths"] for n in batch} for c in counts]
     assert lengths[0] != lengths[1]  # the ranks really did see different lengths
-    assert counts[0]["forward_calls"] == counts[1]["forward_calls"] == 4 * 2  # 4 steps x 2 parts
+    assert counts[0]["forward_calls"] == counts[1]["forward_calls"] == 4  # 4 steps, one forward each
 
 
 def test_a_stalled_rank_ends_the_run_with_a_message_naming_rank_and_step(tmp_path, shard_dir):  # noqa: F811
@@ -99,22 +101,22 @@ def _rank_main(spec: dict, argv: list[str]) -> int:
 
     def counted(self, batch, *args, **kwargs):
         counts["forward_calls"] += 1
-        counts["lengths"].append(batch.lengths.tolist())
+        counts["lengths"].append(batch.example_lengths.tolist())
         return forward(self, batch, *args, **kwargs)
 
     UniModalModel.forward = counted
     stall = spec.get("stall")
     if stall and stall["rank"] == rank:
-        loop_forward = TrainingLoop.forward
+        micro_batch = TrainingLoop.micro_batch
 
         def stalling(self, batch):
             if self.step + 1 == stall["step"] and not counts.get("stalled"):
                 counts["stalled"] = True
                 Path(spec["counts_dir"], "stall.json").write_text(json.dumps({"time": time.time()}))
                 time.sleep(stall["seconds"])
-            return loop_forward(self, batch)
+            return micro_batch(self, batch)
 
-        TrainingLoop.forward = stalling
+        TrainingLoop.micro_batch = stalling
     code = main([*argv, *spec.get("rank_overrides", {}).get(str(rank), [])])
     Path(spec["counts_dir"], f"rank{rank}.json").write_text(json.dumps(counts))
     return code

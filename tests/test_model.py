@@ -259,3 +259,26 @@ def test_compiled_layers_give_the_eager_losses_and_gradients(tokenizer, debug_co
             assert_close(param.grad, expected.grad, atol=1e-5, rtol=1e-4, msg=name)
         eager.zero_grad()
         compiled.zero_grad()
+
+
+def test_objective_merges_the_losses_of_parts_into_the_whole_batchs(tokenizer, debug_config):
+    """`Objective.merge` weights each part's means by what they average over: two halves of a batch
+    merge into the losses of the batch run whole (same noise per item)."""
+    model = build(debug_config)
+    layout = make_layout(tokenizer, debug_config)
+    examples = mixed_examples(layout, debug_config)
+    objective = Objective(debug_config)
+    whole = layout.collate(examples)
+    noised = objective.noise(whole.images, whole.image_is_target, torch.Generator().manual_seed(0))
+    expected = objective.losses(model(whole.with_images(noised.images), noised.timesteps), whole, noised.targets)
+    parts, first_item = [], 0
+    for members in (examples[:2], examples[2:]):
+        part = layout.collate(members)
+        items = slice(first_item, first_item + part.num_images)
+        first_item += part.num_images
+        output = model(part.with_images(noised.images[items]), noised.timesteps[items])
+        parts.append(objective.losses(output, part, noised.targets[items]))
+    merged = objective.merge(parts)
+    for name in ("lm_loss", "denoise_loss", "loss"):
+        assert_close(getattr(merged, name), getattr(expected, name), atol=1e-5, rtol=1e-5)
+    assert (merged.num_lm_tokens, merged.num_target_images) == (expected.num_lm_tokens, expected.num_target_images)

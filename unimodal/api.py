@@ -75,7 +75,8 @@ class UniModal:
         (`unimodal.images.to_model_tensor`: EXIF orientation, alpha on white, value range by dtype
         with floats in [0, 1]), then sized by the model's rule (`ModelConfig.image_geometry()`:
         center-cropped to its square, or, for `image_resize="native"`, kept at their aspect ratio in
-        the nearest bucket of about the same pixel count); images of several sizes batch together. Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
+        the nearest bucket of about the same pixel count); images of several sizes batch together.
+        Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
         latents = self._encode_images(images, "images")
         prompts = [self.layout.caption_prompt(latent) for latent in latents]
         return self._decode(prompts, max_new_tokens, temperature, top_p, seed)

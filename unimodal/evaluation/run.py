@@ -56,7 +56,7 @@ from typing import Any
 from unimodal.data.classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
 from unimodal.data.synthetic import WorldConfig
 
-from .shapes_suite import run_shapes
+from .shapes_suite import run_shapes, run_shapes_canvases
 from .shards_suite import run_shards
 from .suites import EvalSettings
 
@@ -95,6 +95,9 @@ class EvalConfig:
     feature_path: str | None = None  # TorchScript FID feature extractor; None = the standard Inception
     world_config: str | None = None  # YAML/JSON of WorldConfig fields; None = WorldConfig()
     world_seed: int = 0  # seed of the synthetic world's eval/heldout scenes
+    # Shapes suites on several canvases: [[W, H], ...] in pixels; each is evaluated at its own size
+    # and reported as `<metric>@<W>x<H>` (`run_shapes_canvases`). None = the world's own canvas.
+    canvases: list[tuple[int, int]] | None = None
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
@@ -109,6 +112,12 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.canvases is not None:
+            if self.suite not in SHAPES_LIKE:
+                raise ValueError(f"canvases (--canvases) are only read by the shapes suites, not {self.suite!r}")
+            self.canvases = [parse_canvas(c) for c in self.canvases]
+            if not self.canvases:
+                raise ValueError("canvases must list at least one [width, height]")
         if self.qa_per_image is not None and (not isinstance(self.qa_per_image, int) or self.qa_per_image < 0):
             raise ValueError(f"qa_per_image must be >= 0 (0 = every question), got {self.qa_per_image!r}")
 
@@ -154,6 +163,9 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
             log.warning("the world is drawn at %d px but the model works at %d px: was it trained on this world? "
                         "(pass --world-config, or put the training world's world.json in the model folder)",
                         world_config.image_size, model.config.image_size)
+        if config.canvases:
+            return run_shapes_canvases(model, world_config, config.canvases, num_samples, settings, qa_per_image,
+                                       fid, config.feature_path, config.world_seed, out, title)
         return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, config.feature_path,
                           config.world_seed, out, title)
     return run_shards(model, config.data, model.config.image_geometry(), num_samples, settings, qa_per_image, fid,
@@ -226,9 +238,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-config", help="YAML/JSON of the synthetic world's WorldConfig (default: "
                                           "<model>/world.json if present, else the default world)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world's eval/heldout scenes")
+    p.add_argument("--canvases", nargs="+", metavar="WxH", help="shapes suites: evaluate on each canvas "
+                   "(e.g. 32x32 48x24 24x48), reported as <metric>@<W>x<H>")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def parse_canvas(value: Any) -> tuple[int, int]:
+    """"48x24", [48, 24] or (48, 24) -> (48, 24): width, height in pixels. Raises ValueError."""
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        value = parts if len(parts) == 2 else [value]
+    try:
+        width, height = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a canvas is WIDTHxHEIGHT in pixels (e.g. 48x24) or [width, height], got {value!r}") from None
+    if width < 12 or height < 12:
+        raise ValueError(f"a canvas must be at least 12x12 pixels, got {width}x{height}")
+    return width, height
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -241,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       guidance_scale=args.guidance_scale, scheduler=args.scheduler, batch_size=args.batch_size,
                       seed=args.seed, max_caption_tokens=args.max_caption_tokens, fid=args.fid,
                       feature_path=args.feature_path, world_config=world, world_seed=args.world_seed,
-                      progress=not args.no_progress)
+                      canvases=args.canvases, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | int:

@@ -18,6 +18,8 @@ run's own `eval`/`heldout` shards hold these same scenes: index i of (split, see
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 from unimodal.data.checker import Checker
 from unimodal.data.synthetic import SyntheticSample, World, WorldConfig
 
+from .report import write_metrics_json
 from .suites import (
     EvalSettings,
     Grid,
@@ -122,3 +125,50 @@ def run_shapes(model, world_config: WorldConfig | None = None, num_samples: int 
                               [generation_label(targets[k][0].caption, results[k]) for k in chosen]))
         write_outputs(out_dir, metrics, grids, predictions, title, settings)
     return metrics
+
+
+def canvas_name(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def run_shapes_canvases(model, world_config: WorldConfig | None, canvases: Sequence[tuple[int, int]],
+                        num_samples: int = 200, settings: EvalSettings | None = None, qa_per_image: int = 5,
+                        fid: bool = False, feature_path: str | None = None, world_seed: int = 0,
+                        out_dir: str | Path | None = None, title: str = "shapes suite") -> dict[str, Any]:
+    """`run_shapes` once per canvas (W, H) in pixels: the same scenes drawn on each canvas, captioned
+    and questioned at that size and generated at that size (`generate(height=H, width=W)`). Returns
+    one flat dict whose keys are `<metric>@<W>x<H>` (e.g. `caption_exact@48x24`,
+    `gen_all_correct_seen@24x48`); with `out_dir`, each canvas's report goes to `out_dir/<W>x<H>/`
+    and the merged metrics.json and a summary.md with one column per canvas to `out_dir`."""
+    settings = settings or EvalSettings()
+    world_config = world_config or WorldConfig()
+    merged: dict[str, Any] = {}
+    by_canvas: dict[str, dict[str, Any]] = {}
+    for width, height in canvases:
+        name = canvas_name(width, height)
+        metrics = run_shapes(model, world_config.with_canvas(width, height), num_samples,
+                             replace(settings, height=height, width=width), qa_per_image, fid, feature_path,
+                             world_seed, None if out_dir is None else Path(out_dir) / name, f"{title} at {name}")
+        by_canvas[name] = metrics
+        merged.update({f"{key}@{name}": value for key, value in metrics.items()})
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics_json(merged, out / "metrics.json")
+        (out / "summary.md").write_text(canvas_summary(by_canvas, title, settings))
+    return merged
+
+
+def canvas_summary(by_canvas: dict[str, dict[str, Any]], title: str, settings: EvalSettings) -> str:
+    """A markdown table: one row per headline metric, one column per canvas."""
+    names = list(by_canvas)
+    keys = [k for k in ("caption_exact", "caption_bleu4", "vqa_accuracy", "gen_all_correct_seen",
+                        "gen_all_correct_heldout") if any(k in m for m in by_canvas.values())]
+    lines = [f"# {title}, per canvas (W x H pixels)", "",
+             f"{settings.num_steps} sampling steps, guidance {settings.guidance_scale}, seed {settings.seed}; "
+             "each canvas's full report is in its own folder.", "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        cells = [by_canvas[n].get(key) for n in names]
+        lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"

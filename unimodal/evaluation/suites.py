@@ -53,6 +53,8 @@ class EvalSettings:
     max_answer_tokens: int = 8  # answers are one word, a number or a position
     num_grid_images: int = 32  # images per PNG grid
     progress: bool = True  # tqdm bars over batches
+    height: int | None = None  # pixels of generated images; None = the model's image size
+    width: int | None = None
 
     def __post_init__(self) -> None:
         checks = {"num_steps": self.num_steps, "batch_size": self.batch_size,
@@ -101,6 +103,8 @@ def generate_images(model, prompts: Sequence[str], settings: EvalSettings) -> li
     options: dict[str, Any] = {"num_steps": settings.num_steps, "guidance_scale": settings.guidance_scale}
     if settings.scheduler is not None:
         options["scheduler"] = settings.scheduler
+    if settings.height is not None or settings.width is not None:
+        options.update(height=settings.height, width=settings.width)
     images = _in_batches(prompts, settings, "generate", "img", lambda start, chunk: model.generate(
         list(chunk), seed=settings.seed + start, **options))
     return [as_pil(image) for image in images]

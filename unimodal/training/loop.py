@@ -141,10 +141,13 @@ class TrainingLoop:
         self.train_step = TrainStep(ctx.engine, ctx.objective, ctx.codec, ctx.generator, ctx.config.data.latents)
 
     # ---- one micro-batch ----
-    def forward(self, batch):
-        """Encode, noise, run and score one micro-batch (`TrainStep.losses`); returns (losses, batch)."""
-        batch = batch.to(self.ctx.engine.device)
-        return self.train_step.losses(batch), batch
+    def micro_batch(self, batch):
+        """Encode, noise, run, score and (unless some rank's loss is non-finite) backward and step one
+        micro-batch: `TrainStep`, the step the benchmarks run too. Returns (losses, stepped).
+
+        Every rank makes exactly one forward and one backward call per micro-batch (packed rows,
+        not length buckets), so ZeRO-3's per-call parameter gathers always pair up across ranks."""
+        return self.train_step(batch.to(self.ctx.engine.device), skip=self._nonfinite_anywhere)
 
     def trainer_state(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -172,9 +175,9 @@ class TrainingLoop:
                                   f"checkpoint at step {self.step}, then stop")
                 self.save_checkpoint()
                 return "interrupted"
-            batch = next(batches).to(ctx.engine.device)
+            batch = next(batches)
             boundary = ctx.engine.is_accumulation_boundary()
-            output, stepped = self.train_step(batch, skip=self._nonfinite_anywhere)
+            output, stepped = self.micro_batch(batch)
             if not stepped:
                 self._skip_nonfinite(output)
                 continue

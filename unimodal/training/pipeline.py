@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-import torch
-
 from unimodal.data.classes import CLASS_SUFFIX, ClassCaptions, class_caption
 from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.samples import sample_caption
@@ -202,7 +200,7 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     except ValueError as error:  # no shards there
         log.warning("no sample grids: %s", error)
         return None
-    images = torch.stack([s.image for s in samples]) if samples else torch.zeros(0, 3, 1, 1)
+    images = [s.image for s in samples]
     references = [s.caption for s in samples]
     prompts = list(config.logging.sample_prompts) or references
     return SampleSet(prompts=prompts[:count], images=images, references=references)

@@ -28,7 +28,7 @@ class SampleSet:
     """What every grid of a run shows."""
 
     prompts: list[str]  # generation prompts
-    images: torch.Tensor  # (N, 3, H, W) pixels in [-1, 1] to caption
+    images: list[torch.Tensor]  # N × (3, H, W) pixels in [-1, 1] to caption (sizes may differ)
     references: list[str]  # the true captions of `images`
 
 
@@ -63,10 +63,10 @@ class SampleWriter:
                 image_grid(generated, self.samples.prompts, max_label_lines=5).save(path)
                 written["generate"], texts["prompts"] = str(path), self.samples.prompts
             if len(self.samples.images):
-                captions = api.caption(list((self.samples.images + 1) / 2))  # decoded [-1, 1] -> the API's [0, 1]
+                captions = api.caption([(im + 1) / 2 for im in self.samples.images])  # [-1, 1] -> the API's [0, 1]
                 labels = [f"model: {c} / true: {r}" for c, r in zip(captions, self.samples.references)]
                 path = stem.with_name(stem.name + "_caption.png")
-                image_grid(to_pil(self.samples.images), labels, max_label_lines=7).save(path)
+                image_grid([to_pil(im[None])[0] for im in self.samples.images], labels, max_label_lines=7).save(path)
                 written["caption"] = str(path)
                 texts["captions"], texts["references"] = captions, self.samples.references
         stem.with_suffix(".json").write_text(json.dumps(texts, indent=2))
