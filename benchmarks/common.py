@@ -48,6 +48,18 @@ def benchmark_tokenizer() -> Tokenizer:
     return Tokenizer.train(corpus, vocab_size=256)
 
 
+def world_tokenizer(vocab_size: int, num_samples: int = 300) -> Tokenizer:
+    """A tokenizer trained on the captions and QA text of the synthetic world's first scenes."""
+    from unimodal.data.synthetic import World
+
+    world = World()
+    texts = []
+    for i in range(num_samples):
+        sample = world.sample(i)
+        texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
+    return Tokenizer.train(texts, vocab_size=vocab_size)
+
+
 def caption_ids(tokenizer: Tokenizer, rng: random.Random, num_tokens: int) -> list[int]:
     """Exactly `num_tokens` non-special ids, taken from the tokenization of random shape words."""
     ids: list[int] = []

@@ -24,9 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.common import world_tokenizer
 from unimodal.data.config import DataConfig
 from unimodal.data.reader import build_train_loader, iter_samples
-from unimodal.data.synthetic import World, WorldConfig
+from unimodal.data.synthetic import WorldConfig
 from unimodal.data.write_shards import write_synthetic_shards
 from unimodal.layout import SequenceLayout
 from unimodal.tokenizer import Tokenizer
@@ -66,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     args = parser.parse_args(argv)
 
-    world = World()
-    texts = []
-    for i in range(300):
-        sample = world.sample(i)
-        texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
-    tokenizer = Tokenizer.train(texts, vocab_size=256)
+    tokenizer = world_tokenizer(256)
     layout = SequenceLayout(tokenizer, args.patch_size)
     rates, per_cpu_second = {}, None
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,11 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import device_name, make_optimizer
+from benchmarks.common import device_name, make_optimizer, world_tokenizer
 from unimodal.config import ModelConfig
 from unimodal.data.config import DataConfig
 from unimodal.data.reader import build_train_loader
-from unimodal.data.synthetic import World
 from unimodal.data.write_shards import write_synthetic_shards
 from unimodal.layout import SequenceLayout
 from unimodal.model import UniModalModel
@@ -50,12 +49,7 @@ MAIN_JOB_DATA = dict(batch_size=64, task_weights={"caption": 0.25, "vqa": 0.3, "
 
 def main_job_examples(num_batches: int, seed: int = 0) -> tuple[list[list], Tokenizer, SequenceLayout]:
     """`num_batches` lists of examples, as the training reader makes them for the main job."""
-    world = World()
-    texts = []
-    for i in range(300):
-        sample = world.sample(i)
-        texts += [sample.caption] + [f"question: {q['question']} answer: {q['answer']}" for q in sample.qa]
-    tokenizer = Tokenizer.train(texts, vocab_size=512)
+    tokenizer = world_tokenizer(512)
     layout = SequenceLayout(tokenizer, 4)
     batches = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -137,3 +137,15 @@ def test_flop_formula_matches_a_hand_count():
     adapters = 2 * config.patch_dim * 256 + 256 * 256 + 256 * 256 + 256 * 512
     adapters += 256 * 256 if config.patch_adapter == "mlp" else 0  # the MLP adapter's second Linear
     assert linear == common.matmul_params(config) + adapters
+
+
+def test_packing_benchmark_runs_the_same_examples_in_fewer_positions(capsys):
+    from benchmarks import packing
+
+    result = packing.main(["--max-tokens", "0", "256", "--num-batches", "1", "--repeats", "1", "--no-compile",
+                           "--hidden-size", "64", "--threads", "2"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    alone, packed = result["by_max_tokens_per_row"]["0"], result["by_max_tokens_per_row"]["256"]
+    assert alone["real_tokens"] == packed["real_tokens"] and alone["rows"] == 64 > packed["rows"]
+    assert packed["padding"] < alone["padding"] and packed["length"] <= 256
+    assert result["device"] and alone["seconds_per_step"] > 0
