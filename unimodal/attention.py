@@ -111,8 +111,9 @@ def block_mask(segments: TokenSegments, block_size: int = 128):
     def mask_mod(b, h, q, k):
         return allowed(example_ids[b, q], example_ids[b, k], item_ids[b, q], item_ids[b, k], q, k)
 
+    # Compiled on CUDA, so the T×T mask is built block by block and never materialised whole.
     return create_block_mask(mask_mod, num_rows, None, length, length, device=example_ids.device,
-                             BLOCK_SIZE=block_size)
+                             BLOCK_SIZE=block_size, _compile=example_ids.device.type == "cuda")
 
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
