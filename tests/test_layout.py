@@ -16,7 +16,7 @@ def test_examples_place_tokens_and_labels(tokenizer):
     assert example.input_ids == [tokenizer.bos_id, boi, *[tokenizer.pad_id] * 4, eoi, *caption_ids, tokenizer.eos_id]
     # position i predicts token i + 1: <eoi> predicts the first caption token, the last one <eos>
     assert example.lm_labels == [IGNORE_INDEX] * 6 + caption_ids + [tokenizer.eos_id, IGNORE_INDEX]
-    assert example.image_starts == [2] and example.image_is_target == [False] and example.image_grids == [(2, 2)]
+    assert example.image_starts == [2] and example.image_is_target == [False] and example.image_grids == [(1, 2, 2)]
 
     generation = layout.generation("a red circle", img)
     assert generation.image_starts == [2 + len(caption_ids)] and generation.image_is_target == [True]
@@ -30,7 +30,7 @@ def test_examples_place_tokens_and_labels(tokenizer):
 def test_items_of_any_grid_take_rows_times_cols_positions(tokenizer):
     layout = SequenceLayout(tokenizer, patch_size=4)
     wide = layout.caption_prompt(torch.zeros(3, 8, 24))  # 2 x 6 patches
-    assert wide.image_grids == [(2, 6)] and len(wide.input_ids) == 1 + 1 + 12 + 1
+    assert wide.image_grids == [(1, 2, 6)] and len(wide.input_ids) == 1 + 1 + 12 + 1
     with pytest.raises(ValueError, match="not a whole number of 4x4 patches"):
         layout.caption_prompt(torch.zeros(3, 8, 10))
 
@@ -93,7 +93,7 @@ def test_collate_pads_and_indexes_several_images(tokenizer):
     two_images.images.append(second)
     two_images.image_starts.append(len(two_images.input_ids) - 5)
     two_images.image_is_target.append(True)
-    two_images.image_grids.append((2, 2))
+    two_images.image_grids.append((1, 2, 2))
     batch = layout.collate([layout.text("a red circle"), two_images], pad_to_multiple_of=8)
     assert batch.input_ids.shape[1] % 8 == 0
     assert batch.image_rows.tolist() == [1, 1]
@@ -154,3 +154,14 @@ def test_pack_adds_empty_rows_to_a_row_multiple_and_pads_length(tokenizer):
     assert batch.input_ids.shape == (4, 16)
     assert batch.num_examples == 2 and batch.num_tokens == sum(len(e) for e in examples)
     assert sorted(batch.example_index.tolist()) == [0, 1]
+
+
+def test_a_clip_is_one_item_of_frames_times_rows_times_cols_positions(tokenizer):
+    layout = SequenceLayout(tokenizer, patch_size=4)
+    clip = layout.caption(torch.zeros(3, 3, 8, 12), "a")  # 3 frames of 2 x 3 patches
+    assert clip.image_grids == [(3, 2, 3)] and clip.input_ids.count(tokenizer.pad_id) == 18
+    batch = layout.collate([clip, layout.generation("a", torch.zeros(3, 8, 8))])
+    assert batch.image_grids.tolist() == [[3, 2, 3], [1, 2, 2]] and batch.image_num_tokens.tolist() == [18, 4]
+    mask = attention.dense_mask(attention.segments_of(batch))[0, 0]
+    start = int(batch.image_starts[0])
+    assert mask[start, start + 17] and mask[start + 17, start]  # first and last frame see each other

@@ -282,3 +282,25 @@ def test_objective_merges_the_losses_of_parts_into_the_whole_batchs(tokenizer, d
     for name in ("lm_loss", "denoise_loss", "loss"):
         assert_close(getattr(merged, name), getattr(expected, name), atol=1e-5, rtol=1e-5)
     assert (merged.num_lm_tokens, merged.num_target_images) == (expected.num_lm_tokens, expected.num_target_images)
+
+
+def test_clips_and_images_round_trip_and_batch_as_one_by_one(tokenizer, debug_config):
+    """A clip (C, F, H, W) is one item of F frames: patchify/unpatchify invert each other, its
+    frames carry their own embedding, and in a batch with images it gives what it gives alone."""
+    from unimodal.embeddings import patchify_items, unpatchify_items
+
+    items = [torch.randn(3, 3, 8, 16), torch.randn(3, 16, 16), torch.randn(3, 2, 8, 8)]
+    layout = make_layout(tokenizer, debug_config)
+    grids = torch.tensor([list(layout.grid(item)) for item in items])
+    patches = patchify_items(items, debug_config.patch_size)
+    assert patches.shape == (int(grids.prod(-1).sum()), debug_config.patch_dim)
+    for got, expected in zip(unpatchify_items(patches, grids, debug_config.patch_size, 3), items):
+        assert torch.equal(got, expected)
+    model = build(debug_config)
+    frames = model.patch_embed.positions_for(torch.tensor([[3, 2, 4]]), "cpu", torch.float32).view(3, 8, -1)
+    assert not torch.allclose(frames[0], frames[1])  # the same patch in two frames: two positions
+    examples = [layout.generation("a red circle", items[0]), layout.caption(items[1], "a blue square"),
+                layout.vqa(items[2], "what colour is the circle?", "red")]
+    together, alone = scored(model, layout.collate(examples)), [scored(model, layout.collate([e])) for e in examples]
+    assert_close(together.lm_loss, (alone[1].lm_loss * alone[1].num_lm_tokens + alone[2].lm_loss * alone[2].num_lm_tokens)
+                 / (alone[1].num_lm_tokens + alone[2].num_lm_tokens), atol=1e-5, rtol=1e-5)

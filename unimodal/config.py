@@ -63,7 +63,8 @@ class ModelConfig:
     patch_adapter: str = "linear"  # "linear" (Transfusion default) or "mlp"
     # 2-D sin-cos positions of an item's patches (unimodal.embeddings.position_coordinates):
     # "interpolated" stretches every grid to the training grid (DiT/SD3 base_size); "centered" gives
-    # one unit per patch around the item's centre, so its aspect ratio shows.
+    # one unit per patch around the item's centre. Interpolated generalised better to a canvas never
+    # trained (docs/experiments/2026-11-30-spacetime-patches.md).
     position_grid: str = "interpolated"
 
     # --- objective ---

@@ -1,10 +1,11 @@
 """Media-side adapters: patchify, patch embedding with 2-D position and timestep, the denoise head.
 
-Media items come in any size; everything here works on the *flat* list of all items' patches
+Media items come in any size: images (C, H, W) and clips (C, F, H, W), whose frames are patched
+one by one (frame-major order). Everything here works on the *flat* list of all items' patches
 (`patchify_items`), so items of different grids share one matmul.
 
-Dimension legend: N items, C latent channels, H/W an item's latent height/width, p patch_size,
-P_n = (H/p)·(W/p) patches of item n, S = Σ P_n patches in all, D model width, E = C·p·p.
+Dimension legend: N items, C latent channels, F frames, H/W an item's latent height/width, p
+patch_size, P_n = F·(H/p)·(W/p) patches of item n, S = Σ P_n patches in all, D model width, E = C·p·p.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed_from_grid
+from diffusers.models.embeddings import (
+    TimestepEmbedding,
+    Timesteps,
+    get_1d_sincos_pos_embed_from_grid,
+    get_2d_sincos_pos_embed_from_grid,
+)
 from torch import nn
 
 from .config import ModelConfig
@@ -44,27 +50,39 @@ def shape_groups(items: Sequence[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _as_clip(item: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) -> (C, 1, H, W); a clip (C, F, H, W) as it is."""
+    return item[:, None] if item.dim() == 3 else item
+
+
 def patchify_items(items: Sequence[torch.Tensor], patch_size: int) -> torch.Tensor:
-    """N items (C, H_n, W_n) -> (S, C·p·p): every item's patches, item after item."""
+    """N items, (C, H_n, W_n) or (C, F_n, H_n, W_n) -> (S, C·p·p): every item's patches, item after
+    item, frame after frame, row-major within a frame."""
     if len(items) == 0:
         raise ValueError("patchify_items needs at least one item")
-    groups = shape_groups(items)
-    if len(groups) == 1:
-        return patchify(torch.stack(list(items)), patch_size).flatten(0, 1)
-    parts = [None] * len(items)
-    for group in groups:
-        patches = patchify(torch.stack([items[i] for i in group]), patch_size)  # (n, P, E)
+    clips = [_as_clip(item) for item in items]
+    parts: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+    for group in shape_groups(clips):
+        stacked = torch.stack([clips[i] for i in group])  # (n, C, F, H, W)
+        num, channels, frames, height, width = stacked.shape
+        patches = patchify(stacked.transpose(1, 2).reshape(num * frames, channels, height, width), patch_size)
+        patches = patches.reshape(num, -1, patches.shape[-1])  # (n, F·P, E)
+        if len(group) == len(items):
+            return patches.flatten(0, 1)
         for row, index in enumerate(group):
             parts[index] = patches[row]
     return torch.cat(parts)
 
 
 def unpatchify_items(patches: torch.Tensor, grids: torch.Tensor, patch_size: int, channels: int) -> list[torch.Tensor]:
-    """(S, C·p·p) and grids (N, 2) -> N items (C, rows·p, cols·p), the inverse of `patchify_items`."""
-    sizes = grids.prod(-1).tolist()
-    pieces = patches.split(sizes)
-    return [unpatchify(piece[None], patch_size, channels, int(rows) * patch_size, int(cols) * patch_size)[0]
-            for piece, (rows, cols) in zip(pieces, grids.tolist())]
+    """(S, C·p·p) and grids (N, 3) -> N items, the inverse of `patchify_items`: (C, H, W) for one
+    frame, (C, F, H, W) for more."""
+    items = []
+    for piece, (frames, rows, cols) in zip(patches.split(grids.prod(-1).tolist()), grids.tolist()):
+        frames_chw = unpatchify(piece.reshape(frames, rows * cols, -1), patch_size, channels, rows * patch_size,
+                                cols * patch_size)  # (F, C, H, W)
+        items.append(frames_chw[0] if frames == 1 else frames_chw.transpose(0, 1))
+    return items
 
 
 def patch_owner(grids: torch.Tensor) -> torch.Tensor:
@@ -125,14 +143,27 @@ class PatchEmbed(nn.Module):
             self._pos_tables[key] = table.float()
         return self._pos_tables[key].to(device=device, dtype=dtype)
 
+    def frame_embedding(self, frames: int, device, dtype) -> torch.Tensor:
+        """(frames, D) fixed 1-D sin-cos table of the frame index, for clips; an image (one frame)
+        gets none, so images embed exactly as before clips existed (factorised (t, h, w) positions)."""
+        if frames == 1:
+            return torch.zeros(1, self.width, device=device, dtype=dtype)
+        table = get_1d_sincos_pos_embed_from_grid(self.width, torch.arange(frames, dtype=torch.float64),
+                                                  output_type="pt")
+        return table.to(device=device, dtype=dtype)
+
     def positions_for(self, grids: torch.Tensor, device, dtype) -> torch.Tensor:
-        """(S, D): the position table of each item's grid, item after item."""
+        """(S, D): each item's positions, item after item: the 2-D table of its (rows, cols) for every
+        frame, plus the frame's own embedding."""
         tables = {}
         parts = []
-        for rows, cols in grids.tolist():
-            if (rows, cols) not in tables:
-                tables[(rows, cols)] = self.position_embedding(rows, cols, device, dtype)
-            parts.append(tables[(rows, cols)])
+        for frames, rows, cols in grids.tolist():
+            key = (frames, rows, cols)
+            if key not in tables:
+                spatial = self.position_embedding(rows, cols, device, dtype)  # (rows·cols, D)
+                temporal = self.frame_embedding(frames, device, dtype)  # (frames, D)
+                tables[key] = (temporal[:, None] + spatial[None]).flatten(0, 1)  # frame-major, as patchify_items
+            parts.append(tables[key])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def embed_time(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -142,7 +173,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor, timesteps: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """patches (S, E), grids (N, 2), timesteps (N,) -> patch tokens (S, D) and the time
+        """patches (S, E), grids (N, 3), timesteps (N,) -> patch tokens (S, D) and the time
         embedding of each item (N, D), which the denoise head is modulated by."""
         dtype = self.time_embed.linear_1.weight.dtype
         time = self.embed_time(timesteps)  # (N, D)

@@ -9,14 +9,15 @@ inference cannot drift.
     vqa         <bos> <boi> p … p <eoi> question: Q answer: A <eos>   lm loss on A + <eos>
     text        <bos> text <eos>                                lm loss on every token
 
-A media item is a latent grid of `rows × cols` patches with its own size (any aspect ratio); it
-takes `rows · cols` positions. A `Batch` is a set of rows, each holding one or more examples
-(packed, `SequenceLayout.pack`) and right-padded, or one left-padded prompt each
+A media item is a latent grid of `frames × rows × cols` patches with its own size (frames = 1 for an
+image, a (C, H, W) tensor; a clip is (C, F, H, W)); it takes `frames · rows · cols` positions. A
+`Batch` is a set of rows, each holding one or more examples (packed, `SequenceLayout.pack`) and
+right-padded, or one left-padded prompt each
 (`SequenceLayout.left_pad`). It carries *spans* (where each example and each item sits), never a
 T×T mask: the model builds its attention from the spans on its own device (`unimodal.attention`).
 
-Dimension legend: B rows, T padded length, E examples, N media items, C/H/W channels/height/width
-of an item (pixels, or latents when already encoded).
+Dimension legend: B rows, T padded length, E examples, N media items, C/F/H/W channels/frames/
+height/width of an item (pixels, or latents when already encoded).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ class Example:
 
     input_ids: list[int]
     lm_labels: list[int]  # lm_labels[i] is the token position i must predict, or IGNORE_INDEX
-    images: list[torch.Tensor] = field(default_factory=list)  # each (C, H, W), any size
+    images: list[torch.Tensor] = field(default_factory=list)  # each (C, H, W) or a clip (C, F, H, W), any size
     image_starts: list[int] = field(default_factory=list)  # index of each item's first patch
     image_is_target: list[bool] = field(default_factory=list)  # True: noised and denoised
-    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of patches per item
+    image_grids: list[tuple[int, int, int]] = field(default_factory=list)  # (frames, rows, cols) per item
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -62,10 +63,10 @@ class Batch:
     example_starts: torch.Tensor  # (E,) long, its first position in that row
     example_lengths: torch.Tensor  # (E,) long, its length
     example_index: torch.Tensor  # (E,) long, its index in the list the batch was made from (packing reorders)
-    images: list[torch.Tensor]  # N tensors (C, H, W): pixels in [-1, 1], or latents when encoded
+    images: list[torch.Tensor]  # N tensors (C, H, W) or (C, F, H, W): pixels in [-1, 1], or latents
     image_rows: torch.Tensor  # (N,) long
     image_starts: torch.Tensor  # (N,) long, position of item n's first patch
-    image_grids: torch.Tensor  # (N, 2) long, (rows, cols) of patches
+    image_grids: torch.Tensor  # (N, 3) long, (frames, rows, cols) of patches
     image_is_target: torch.Tensor  # (N,) bool, generation targets (noised, denoise loss)
 
     @property
@@ -149,23 +150,26 @@ class SequenceLayout:
         self.tokenizer = tokenizer
         self.patch_size = patch_size
 
-    def grid(self, image: torch.Tensor) -> tuple[int, int]:
-        """(rows, cols) of patches of a (C, H, W) item."""
+    def grid(self, image: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, rows, cols) of patches of a (C, H, W) image (1 frame) or a (C, F, H, W) clip."""
+        if image.dim() not in (3, 4):
+            raise ValueError(f"a media item is (C, H, W) or (C, F, H, W); got shape {tuple(image.shape)}")
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0:
+        frames = int(image.shape[1]) if image.dim() == 4 else 1
+        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0 or frames == 0:
             raise ValueError(f"a media item of {height}x{width} is not a whole number of "
                              f"{self.patch_size}x{self.patch_size} patches")
-        return height // self.patch_size, width // self.patch_size
+        return frames, height // self.patch_size, width // self.patch_size
 
     def _ids(self, text: str | Sequence[int]) -> list[int]:
         return self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]
 
     def _media(self, prefix: list[int], image: torch.Tensor, is_target: bool, close: bool = True) -> Example:
         """`prefix <boi> patches [<eoi>]`, the item placed after <boi>."""
-        rows, cols = self.grid(image)
+        frames, rows, cols = grid = self.grid(image)
         tok = self.tokenizer
-        ids = prefix + [tok.boi_id] + [tok.pad_id] * (rows * cols) + ([tok.eoi_id] if close else [])
-        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [len(prefix) + 1], [is_target], [(rows, cols)])
+        ids = prefix + [tok.boi_id] + [tok.pad_id] * (frames * rows * cols) + ([tok.eoi_id] if close else [])
+        return Example(ids, [IGNORE_INDEX] * len(ids), [image], [len(prefix) + 1], [is_target], [grid])
 
     @staticmethod
     def question_text(question: str) -> str:
@@ -296,7 +300,7 @@ class SequenceLayout:
         long = dict(dtype=torch.long)
         return Batch(input_ids, lm_labels, torch.tensor(ex_rows, **long), torch.tensor(ex_starts, **long),
                      torch.tensor(ex_lengths, **long), torch.tensor(ex_index, **long), images, torch.tensor(image_rows, **long),
-                     torch.tensor(image_starts, **long), torch.tensor(grids, **long).reshape(-1, 2),
+                     torch.tensor(image_starts, **long), torch.tensor(grids, **long).reshape(-1, 3),
                      torch.tensor(is_target, dtype=torch.bool))
 
 
