@@ -49,10 +49,24 @@ def test_data_image_resize_sets_the_models_rule():
     config = load_run_config(None, ["data.image_resize=native"])
     assert config.model.image_resize == "native" and config.model.image_geometry().resize == "native"
     assert load_run_config(None, []).model.image_resize == "square"
-    with pytest.raises(ValueError, match="data.image_resize='square' differs"):
-        load_run_config(None, ["data.image_resize=square", "model.image_resize=native"])
+    # data wins: a run's saved config.yaml carries both keys, and the user overrides the data one
+    assert load_run_config(None, ["model.image_resize=native", "data.image_resize=square"]).model.image_resize == "square"
+    with pytest.raises(ValueError, match="data.image_resize must be"):
+        load_run_config(None, ["data.image_resize=Native"])
     with pytest.raises(ValueError, match="packed rows replace the buckets"):
         load_run_config(None, ["data.length_buckets=2"])
+
+
+def test_canvases_that_would_mislabel_or_fail_late_are_refused_before_training():
+    with pytest.raises(ValueError, match="set data.image_resize=native"):
+        load_run_config(None, ["synthetic.canvases=[[48, 24], [32, 32]]"])
+    with pytest.raises(ValueError, match="not one of the native buckets"):
+        load_run_config(None, ["data.image_resize=native", "synthetic.canvases=[[100, 50]]"])
+    with pytest.raises(ValueError, match="multiples of 4"):
+        load_run_config(None, ["eval.final.canvases=[[30, 30]]"])
+    config = load_run_config(None, ["data.image_resize=native", "synthetic.canvases=[[48, 24], [24, 48]]",
+                                    "eval.final.canvases=[[40, 24]]"])
+    assert config.synthetic.canvases == [(48, 24), (24, 48)]
 
 
 @pytest.fixture
@@ -85,6 +99,9 @@ def test_generate_at_every_canvas_matches_alone_and_batched(native_api):
         alone = native_api.generate(["a blue square"], num_steps=2, height=height, width=width, seed=1,
                                     output_type="pt")
         assert_close(pair[1:], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="whole number of pixels"):
+        native_api.generate(["a"], num_steps=1, height=24.0, width=48)
+    assert native_api.generate(["a"], num_steps=1, height=np.int64(24), width=48, output_type="pt").shape[-2:] == (24, 48)
 
 
 class CanvasOracle:

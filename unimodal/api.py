@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,10 @@ class UniModal:
         if pixels is None:
             return self.config.latent_size
         multiple = self.config.downsample_factor * self.config.patch_size
-        if not isinstance(pixels, int) or pixels <= 0 or pixels % multiple:
+        if isinstance(pixels, bool) or not isinstance(pixels, numbers.Integral):
+            raise TypeError(f"{name} must be a whole number of pixels (an int), got {type(pixels).__name__} {pixels!r}")
+        pixels = int(pixels)
+        if pixels <= 0 or pixels % multiple:
             raise ValueError(f"{name} must be a positive multiple of {multiple} (downsample_factor x patch_size), "
                              f"got {pixels!r}")
         return pixels // self.config.downsample_factor

@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     generate.add_argument("--scheduler", default=None,
                           help="euler or dpmsolver++ (flow models); ddim, ddpm or dpmsolver++ (ddpm models)")
-    generate.add_argument("--height", type=int, default=None, help="pixels; default: the model's image size")
-    generate.add_argument("--width", type=int, default=None, help="pixels; default: the model's image size")
+    generate.add_argument("--height", type=int, default=None,
+                          help="pixels, a multiple of the model's pixels per patch (4 for tiny); default: its image size")
+    generate.add_argument("--width", type=int, default=None,
+                          help="pixels, a multiple of the model's pixels per patch (4 for tiny); default: its image size")
     generate.add_argument("--cell-size", type=int, default=128, help="pixels per image in the grid")
     demo = commands.add_parser("demo", parents=[common], help="serve a web page to try the model",
                                description="Serve a Gradio page with Caption, Answer and Generate tabs "

@@ -65,7 +65,8 @@ class ImageGeometry:
     - `square`: resize the shorter side to `size`, centre-crop to size × size.
     - `native`: keep the aspect ratio: the image goes to the bucket of `aspect_buckets(size,
       multiple)` nearest its aspect ratio (about size² pixels, both sides multiples of `multiple`,
-      the model's pixels per patch), resized to cover it and centre-cropped (at most a sliver).
+      the model's pixels per patch), resized to cover it and centre-cropped: a sliver at most, unless
+      the image is longer than 4:1 (the widest bucket), when the ends beyond 4:1 are cut.
     """
 
     size: int

@@ -164,6 +164,7 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
                         "(pass --world-config, or put the training world's world.json in the model folder)",
                         world_config.image_size, model.config.image_size)
         if config.canvases:
+            check_canvases(config.canvases, _patch_multiple(model))
             return run_shapes_canvases(model, world_config, config.canvases, num_samples, settings, qa_per_image,
                                        fid, config.feature_path, config.world_seed, out, title)
         return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, config.feature_path,
@@ -245,6 +246,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _patch_multiple(model) -> int:
+    """Pixels per patch side of a `UniModal` (1 for stand-ins without a ModelConfig)."""
+    config = getattr(model, "config", None)
+    return config.input_patch_size() if hasattr(config, "input_patch_size") else 1
+
+
+def check_canvases(canvases: list[tuple[int, int]] | None, multiple: int) -> None:
+    """Every canvas must be whole patches of the model (`multiple` pixels per patch side), checked
+    before anything runs. Raises ValueError."""
+    for width, height in canvases or []:
+        if width % multiple or height % multiple:
+            raise ValueError(f"canvas {width}x{height}: both sides must be multiples of {multiple} "
+                             f"(the model's pixels per patch)")
+
+
 def parse_canvas(value: Any) -> tuple[int, int]:
     """"48x24", [48, 24] or (48, 24) -> (48, 24): width, height in pixels. Raises ValueError."""
     if isinstance(value, str):
@@ -282,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
         if not Path(args.model).is_dir():
             raise ValueError(f"model folder not found: {args.model} (pass an export folder, e.g. runs/tiny/export)")
         model = _load_model(args.model, args.device)
+        check_canvases(config.canvases, _patch_multiple(model))
     except (ValueError, FileNotFoundError) as err:
         print(f"unimodal.evaluation.run: error: {err}", file=sys.stderr)
         return 2
@@ -305,7 +322,9 @@ def _load_model(folder: str, device: str | None):
 def _one_line(metrics: dict[str, Any], seconds: float, out: Path) -> str:
     keys = ("caption_exact", "caption_cider", "vqa_accuracy", "gen_all_correct_seen", "gen_all_correct_heldout",
             "fid", "skipped")
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float)))
+    canvases = sorted({key.split("@", 1)[1] for key in metrics if "@" in key})
+    names = [f"{k}@{c}" for c in canvases for k in keys] if canvases else list(keys)
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in names if isinstance(metrics.get(k), (int, float)))
     return f"eval: {shown} ({seconds:.0f} s) -> {out}"
 
 

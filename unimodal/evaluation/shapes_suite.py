@@ -165,8 +165,7 @@ def canvas_summary(by_canvas: dict[str, dict[str, Any]], title: str, settings: E
     keys = [k for k in ("caption_exact", "caption_bleu4", "vqa_accuracy", "gen_all_correct_seen",
                         "gen_all_correct_heldout") if any(k in m for m in by_canvas.values())]
     lines = [f"# {title}, per canvas (W x H pixels)", "",
-             f"{settings.num_steps} sampling steps, guidance {settings.guidance_scale}, seed {settings.seed}; "
-             "each canvas's full report is in its own folder.", "",
+             "Each canvas's full report (grids, predictions) is in its own folder.", "",
              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         cells = [by_canvas[n].get(key) for n in names]

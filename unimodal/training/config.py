@@ -266,7 +266,8 @@ def _moved_keys() -> dict[str, str]:
                            f"options as typed keys instead: {runner} (e.g. eval.final.num_samples=200)",
         "eval.suite": "eval.suite moved to eval.final.suite",
         "data.length_buckets": "data.length_buckets is gone: packed rows replace the buckets; set "
-                               "data.max_tokens_per_row (e.g. 384) and data.row_multiple / data.length_multiple",
+                               "data.max_tokens_per_row (e.g. 256; 0 = one example per row) and data.row_multiple / "
+                               "data.length_multiple",
         "data.bucket_row_multiple": "data.bucket_row_multiple is gone: set data.row_multiple (rows of a packed batch)",
     }
 
@@ -321,7 +322,10 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     data = dict(values.get("data") or {})
     model_values = dict(values.get("model") or {})
     # data.image_resize is the key a user sets; the model records it, so inference resizes alike.
-    if "image_resize" in data and "image_resize" not in model_values:
+    # It wins over model.image_resize, which a run's saved config.yaml also carries.
+    if "image_resize" in data:
+        if data["image_resize"] not in ("square", "native"):
+            raise ValueError(f"data.image_resize must be 'square' or 'native', got {data['image_resize']!r}")
         model_values["image_resize"] = data["image_resize"]
     values["model"] = model_values
     model = _build(ModelConfig, model_values, "model")
@@ -333,10 +337,33 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     if not config.data.latents and config.data.image_size != config.model.image_size:
         raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size="
                          f"{config.model.image_size}; set model.image_size only (data follows it)")
-    if config.data.image_resize != config.model.image_resize:
-        raise ValueError(f"data.image_resize={config.data.image_resize!r} differs from model.image_resize="
-                         f"{config.model.image_resize!r}; set data.image_resize only (the model follows it)")
+    check_canvases(config)
     return config
+
+
+def check_canvases(config: RunConfig) -> None:
+    """Refuse canvases that would train on wrong labels or fail after training: synthetic canvases
+    must be the model's own input sizes (native aspect buckets, or its square), and every evaluation
+    canvas must be whole patches, before any step runs. Raises ValueError naming the key."""
+    from unimodal.images import aspect_buckets
+
+    model = config.model
+    multiple = model.input_patch_size()
+    for width, height in config.synthetic.canvases or []:
+        if model.image_resize == "square" and (width, height) != (model.image_size, model.image_size):
+            raise ValueError(f"synthetic.canvases has {width}x{height}, but images are cropped to "
+                             f"{model.image_size}x{model.image_size} (data.image_resize: square), which would cut "
+                             f"shapes out of their captions; set data.image_resize=native")
+        if model.image_resize == "native" and (width, height) not in aspect_buckets(model.image_size, multiple):
+            raise ValueError(f"synthetic.canvases has {width}x{height}, which is not one of the native buckets of "
+                             f"about {model.image_size}x{model.image_size} px in {multiple}-px patches, so its images "
+                             f"would be resized and cropped; pick canvases from unimodal.images.aspect_buckets("
+                             f"{model.image_size}, {multiple})")
+    for canvas in config.eval.final.canvases or []:
+        width, height = canvas
+        if width % multiple or height % multiple:
+            raise ValueError(f"eval.final.canvases has {width}x{height}: both sides must be multiples of {multiple} "
+                             f"(the model's pixels per patch)")
 
 
 def save_run_config(config: RunConfig, path: str | Path) -> None:

@@ -203,4 +203,9 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     images = [s.image for s in samples]
     references = [s.caption for s in samples]
     prompts = list(config.logging.sample_prompts) or references
-    return SampleSet(prompts=prompts[:count], images=images, references=references)
+    # Prompts that are the samples' own captions are drawn at their images' sizes, when those vary.
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    square = (config.model.image_size, config.model.image_size)
+    varied = not config.logging.sample_prompts and any(size != square for size in sizes)
+    return SampleSet(prompts=prompts[:count], images=images, references=references,
+                     sizes=sizes[:count] if varied else None)

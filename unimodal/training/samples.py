@@ -30,6 +30,7 @@ class SampleSet:
     prompts: list[str]  # generation prompts
     images: list[torch.Tensor]  # N × (3, H, W) pixels in [-1, 1] to caption (sizes may differ)
     references: list[str]  # the true captions of `images`
+    sizes: list[tuple[int, int]] | None = None  # (height, width) per prompt; None = the model's size
 
 
 class SampleWriter:
@@ -48,6 +49,21 @@ class SampleWriter:
         self.guidance_scale = guidance_scale
         self.seed = seed
 
+    def _generate(self, api: UniModal) -> list:
+        """One image per prompt: at the model's size in one call, or, when the prompts carry sizes
+        (an aspect model's sample captions), one call per size, so every canvas is drawn."""
+        options = dict(num_steps=self.num_steps, guidance_scale=self.guidance_scale)
+        if not self.samples.sizes:
+            return api.generate(self.samples.prompts, seed=self.seed, **options)
+        images: list = [None] * len(self.samples.prompts)
+        for height, width in dict.fromkeys(self.samples.sizes):
+            chosen = [i for i, size in enumerate(self.samples.sizes) if size == (height, width)]
+            drawn = api.generate([self.samples.prompts[i] for i in chosen], seed=self.seed + chosen[0],
+                                 height=height, width=width, **options)
+            for i, image in zip(chosen, drawn):
+                images[i] = image
+        return images
+
     @torch.no_grad()
     def write(self, step: int, model: UniModalModel, tokenizer: Tokenizer, codec) -> dict[str, str]:
         """Generate and caption with `model` (eval mode); returns {"generate": path, "caption": path}."""
@@ -57,8 +73,7 @@ class SampleWriter:
         written, texts = {}, {"step": step}
         with torch.random.fork_rng(devices=[]):
             if self.samples.prompts:
-                generated = api.generate(self.samples.prompts, num_steps=self.num_steps,
-                                         guidance_scale=self.guidance_scale, seed=self.seed)
+                generated = self._generate(api)
                 path = stem.with_name(stem.name + "_generate.png")
                 image_grid(generated, self.samples.prompts, max_label_lines=5).save(path)
                 written["generate"], texts["prompts"] = str(path), self.samples.prompts
