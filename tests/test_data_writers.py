@@ -105,8 +105,8 @@ def test_the_run_config_writes_canvas_splits_and_refuses_another_set(tmp_path):
 
     def config(canvases):
         synthetic = {"enabled": True, "num_train": 6, "num_eval": 3, "num_heldout": 3, "samples_per_shard": 10}
-        return run_config_from_dict({"model": {"preset": "debug"}, "output_dir": str(tmp_path / "run"),
-                                     "synthetic": {**synthetic, "canvases": canvases}})
+        return run_config_from_dict({"model": {"preset": "debug", "image_size": 32}, "data": {"image_resize": "native"},
+                                     "output_dir": str(tmp_path / "run"), "synthetic": {**synthetic, "canvases": canvases}})
 
     mixed = config([[32, 32], [48, 24], [24, 48]])
     assert mixed.synthetic.canvases == [(32, 32), (48, 24), (24, 48)]

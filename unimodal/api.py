@@ -174,7 +174,7 @@ class UniModal:
             return self.config.latent_size
         multiple = self.config.downsample_factor * self.config.patch_size
         if isinstance(pixels, bool) or not isinstance(pixels, numbers.Integral):
-            raise TypeError(f"{name} must be a whole number of pixels (an int), got {type(pixels).__name__} {pixels!r}")
+            raise ValueError(f"{name} must be a whole number of pixels (an int), got {type(pixels).__name__} {pixels!r}")
         pixels = int(pixels)
         if pixels <= 0 or pixels % multiple:
             raise ValueError(f"{name} must be a positive multiple of {multiple} (downsample_factor x patch_size), "
