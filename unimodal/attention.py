@@ -41,16 +41,24 @@ def token_segments(num_rows: int, length: int, example_rows: torch.Tensor, examp
                          _paint(num_rows, length, image_rows, image_starts, image_num_tokens, device))
 
 
+def span_positions(rows: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spans (each `sizes[n]` positions from `starts[n]` in row `rows[n]`) -> every position they
+    cover, span after span: (owner, row, column), (Σ sizes,) long each."""
+    owner = torch.repeat_interleave(torch.arange(rows.shape[0], device=rows.device), sizes)
+    first = torch.cumsum(sizes, 0) - sizes  # where each span begins in the flat list
+    offsets = torch.arange(owner.shape[0], device=rows.device) - first[owner]
+    return owner, rows[owner], starts[owner] + offsets
+
+
 def _paint(num_rows: int, length: int, rows: torch.Tensor, starts: torch.Tensor, sizes: torch.Tensor,
            device) -> torch.Tensor:
     """(B, T) long: span index at each position it covers, PADDING elsewhere."""
     ids = torch.full((num_rows, length), PADDING, dtype=torch.long, device=device)
     if rows.numel() == 0:
         return ids
-    owner = torch.repeat_interleave(torch.arange(rows.shape[0], device=device), sizes)  # (sum sizes,)
-    first = torch.cumsum(sizes, 0) - sizes  # where each span begins in the flat list
-    offsets = torch.arange(owner.shape[0], device=device) - first[owner]
-    ids[rows[owner], starts[owner] + offsets] = owner
+    owner, flat_rows, columns = span_positions(rows, starts, sizes)
+    ids[flat_rows, columns] = owner
     return ids
 
 
@@ -129,4 +137,4 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 __all__ = ["ATTENTION_BACKENDS", "TokenSegments", "block_mask", "dense_mask", "positions", "resolve_backend",
-           "segments_of", "token_segments"]
+           "segments_of", "span_positions", "token_segments"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .embeddings import shape_groups
 
 CODEC_SETTINGS_FILENAME = "codec.json"
 VAE_FOLDER = "vae"
@@ -108,8 +109,6 @@ def build_codec(config: ModelConfig) -> PixelCodec | VAECodec:
 
 def encode_items(codec: PixelCodec | VAECodec, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Encode media items of any sizes, (3, H, W) each: items of one shape run as one batch."""
-    from .embeddings import shape_groups
-
     out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
     for group in shape_groups(images):
         encoded = codec.encode(torch.stack([images[i] for i in group]))

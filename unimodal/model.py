@@ -66,11 +66,8 @@ class UniModalModel(nn.Module):
     # ---- pieces the sampling code reuses ----
     def patch_positions(self, image_rows: torch.Tensor, image_starts: torch.Tensor, grids: torch.Tensor):
         """(row, column) index tensors, (S,) each, of every item's patch positions."""
-        owner = patch_owner(grids)
-        sizes = grids.prod(-1)
-        first = torch.cumsum(sizes, 0) - sizes
-        offsets = torch.arange(owner.shape[0], device=grids.device) - first[owner]
-        return image_rows[owner], image_starts[owner] + offsets
+        _, rows, columns = attention.span_positions(image_rows, image_starts, grids.prod(-1))
+        return rows, columns
 
     def embed(self, input_ids: torch.Tensor, images: Sequence[torch.Tensor], timesteps: torch.Tensor,
               image_rows: torch.Tensor, image_starts: torch.Tensor, grids: torch.Tensor,

@@ -23,6 +23,7 @@ import yaml
 from unimodal.config import ModelConfig, config_from_dict, preset_values
 from unimodal.data.config import DataConfig
 from unimodal.evaluation.run import EvalConfig
+from unimodal.images import aspect_buckets
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16_autocast")
 OPTIMIZER_IMPLS = ("deepspeed", "torch")
@@ -345,8 +346,6 @@ def check_canvases(config: RunConfig) -> None:
     """Refuse canvases that would train on wrong labels or fail after training: synthetic canvases
     must be the model's own input sizes (native aspect buckets, or its square), and every evaluation
     canvas must be whole patches, before any step runs. Raises ValueError naming the key."""
-    from unimodal.images import aspect_buckets
-
     model = config.model
     multiple = model.input_patch_size()
     for width, height in config.synthetic.canvases or []:
