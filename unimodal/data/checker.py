@@ -187,6 +187,13 @@ class Checker:
                         best, best_iou = shape, iou
         return best
 
+    def shape_of(self, pixels: np.ndarray) -> str:
+        """The shape name of one object's pixels: (n, 2) int (row, col) indices, n >= 1 (the template-IoU
+        rule of `detect`, public for readers of other media such as `data/motion.py`'s clips)."""
+        if len(pixels) == 0:
+            raise ValueError("shape_of needs at least one pixel")
+        return self._shape(np.asarray(pixels))
+
     @staticmethod
     def _size(world: WorldConfig, shape: str, area: int) -> str:
         ideal = {name: shape_mask(shape, world.size_px(name)).sum() for name in world.sizes}
