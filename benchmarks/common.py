@@ -80,7 +80,7 @@ def synthetic_batch(config: ModelConfig, tokenizer: Tokenizer, batch_size: int, 
     """
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    layout = SequenceLayout(tokenizer, config.input_patch_size(latents=True))
+    layout = SequenceLayout.for_model(tokenizer, config, latents=True)
     shape = (config.latent_channels, config.latent_size, config.latent_size)
     examples = []
     for i in range(batch_size):

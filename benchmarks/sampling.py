@@ -2,6 +2,7 @@
 the cached text prefix. Prints one JSON line.
 
     python benchmarks/sampling.py --preset tiny --threads 2 --repeats 3
+    python benchmarks/sampling.py --num-frames 8 --patch-frames 8 --decode-batch-sizes --steps 8 25   # clips
 
 The model is random (speed does not depend on the weights). Decoding is forced to exactly
 `--new-tokens` tokens by passing an <eos> id that no token can match, so both paths do the same work.
@@ -35,11 +36,11 @@ PROMPTS = [
 NEVER_EOS = -1  # no token id equals it, so decoding always runs the full number of steps
 
 
-def build(preset: str, vocab_size: int, seed: int = 0) -> UniModal:
+def build(preset: str, vocab_size: int, seed: int = 0, **overrides) -> UniModal:
     corpus = PROMPTS + [f"question: what colour is the {s}? answer: {c}" for s in ("circle", "square", "triangle")
                         for c in ("red", "blue", "green", "yellow", "purple")]
     tokenizer = Tokenizer.train(corpus * 4, vocab_size=vocab_size)
-    config = ModelConfig.preset(preset, vocab_size=vocab_size)  # the model keeps the full vocabulary
+    config = ModelConfig.preset(preset, vocab_size=vocab_size, **overrides)  # the model keeps the full vocabulary
     torch.manual_seed(seed)
     model = UniModalModel(config)
     for param in model.denoise_head.parameters():  # zero-initialised: give it work to do
@@ -74,17 +75,21 @@ def bench_decoding(api: UniModal, batch_size: int, new_tokens: int, repeats: int
             f"{key}_cache_speedup": round(tokens_per_s[True] / tokens_per_s[False], 2)}
 
 
-def bench_sampling(api: UniModal, batch_size: int, steps: list[int], guidance: float, repeats: int) -> dict:
+def bench_sampling(api: UniModal, batch_size: int, steps: list[int], guidance: float, repeats: int,
+                   num_frames: int | None = None) -> dict:
+    """Seconds per image (or per clip of `num_frames`) at each step count, with and without the cached prefix."""
     prompts = (PROMPTS * batch_size)[:batch_size]
-    out = {"sample_batch_size": batch_size, "sample_guidance_scale": guidance}
+    item = "image" if num_frames is None else "clip"
+    out = {"sample_batch_size": batch_size, "sample_guidance_scale": guidance, "sample_num_frames": num_frames}
     for num_steps in steps:
         for use_cache in (True, False):
             seconds = timed(lambda num_steps=num_steps, use_cache=use_cache: api.generate(
-                prompts, num_steps=num_steps, guidance_scale=guidance, output_type="pt", use_cache=use_cache), repeats)
-            key = f"sample_s_per_image_{num_steps}_steps_{'cached' if use_cache else 'uncached'}"
+                prompts, num_steps=num_steps, guidance_scale=guidance, output_type="pt", use_cache=use_cache,
+                num_frames=num_frames), repeats)
+            key = f"sample_s_per_{item}_{num_steps}_steps_{'cached' if use_cache else 'uncached'}"
             out[key] = round(seconds / batch_size, 4)
         out[f"sample_cache_speedup_{num_steps}_steps"] = round(
-            out[f"sample_s_per_image_{num_steps}_steps_uncached"] / out[f"sample_s_per_image_{num_steps}_steps_cached"],
+            out[f"sample_s_per_{item}_{num_steps}_steps_uncached"] / out[f"sample_s_per_{item}_{num_steps}_steps_cached"],
             2)
     return out
 
@@ -101,20 +106,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, nargs="*", default=[8, 25, 50], help="none: skip image sampling")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--num-frames", type=int, default=None, help="sample clips of this many frames (default: images)")
+    parser.add_argument("--patch-frames", type=int, default=1, help="frames per patch (ModelConfig.patch_frames)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    api = build(args.preset, args.vocab_size).to(args.device)
+    api = build(args.preset, args.vocab_size, patch_frames=args.patch_frames).to(args.device)
     result = {"benchmark": "sampling", "preset": args.preset, "num_parameters": api.model.num_parameters(),
               "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-              "repeats": args.repeats, "load_average_before": round(os.getloadavg()[0], 2),
+              "repeats": args.repeats, "patch_frames": args.patch_frames, "load_average_before": round(os.getloadavg()[0], 2),
               "decode_new_tokens": args.new_tokens, "decode_prompt_tokens": api.config.num_image_tokens + 3,
               "decode_cache": ("static buffer (unimodal.decode_step)" if StaticKVDecoder.supports(api.model.decoder)
                                else "transformers DynamicCache")}
     for batch_size in args.decode_batch_sizes:
         result.update(bench_decoding(api, batch_size, args.new_tokens, args.repeats))
     if args.steps:
-        result.update(bench_sampling(api, args.sample_batch_size, args.steps, args.guidance_scale, args.repeats))
+        result.update(bench_sampling(api, args.sample_batch_size, args.steps, args.guidance_scale, args.repeats,
+                                     args.num_frames))
     # Other processes on the machine distort timings badly (2 threads on 2 busy cores): record the load.
     result["load_average_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))

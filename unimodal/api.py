@@ -2,9 +2,14 @@
 
     from unimodal import UniModal
     model = UniModal.from_pretrained("runs/tiny/export")
-    model.caption(images)                          # -> list[str]
+    model.caption(images)                          # -> list[str]; images and clips, in one batch
     model.answer(images, questions)                # -> list[str]
     model.generate(prompts, num_steps=25, guidance_scale=3.0, seed=0)   # -> list[PIL.Image]
+    model.generate(prompts, num_frames=8)          # -> list of clips, each a list of PIL frames
+
+A clip is a list of frames (paths, PIL images or arrays), an (F, C, H, W) or (F, H, W, C) array or
+tensor with F > 1, or the path / bytes of a video file (GIF, or MP4/WebM/... with PyAV:
+`pip install 'unimodal[video]'`); `unimodal.video.save_video(frames, "clip.gif")` writes one.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .codecs import encode_items
+from .codecs import decode_batch, encode_items
 from .diffusion import default_scheduler_name, make_process
 from .images import to_model_tensor, to_pil
 from .layout import SequenceLayout
@@ -26,6 +31,7 @@ from .model import UniModalModel
 from .pretrained import load_export, save_export
 from .sampling import decode_text, sample_latents
 from .tokenizer import Tokenizer
+from .video import as_clip_frames, is_clip, to_model_clip
 
 
 class UniModal:
@@ -39,7 +45,7 @@ class UniModal:
         self.tokenizer = tokenizer
         self.codec = codec
         self.config = model.config
-        self.layout = SequenceLayout(tokenizer, model.config.input_patch_size(latents=True))
+        self.layout = SequenceLayout.for_model(tokenizer, model.config, latents=True)
         self.process = make_process(model.config)
 
     # ---- loading / saving ----
@@ -71,12 +77,15 @@ class UniModal:
     # ---- understanding ----
     def caption(self, images: Sequence[Any], max_new_tokens: int = 32, temperature: float = 0.0,
                 top_p: float = 1.0, seed: int = 0) -> list[str]:
-        """Describe each image. Images may be paths, encoded bytes, PIL images, numpy arrays or
+        """Describe each image or clip. Images may be paths, encoded bytes, PIL images, numpy arrays or
         tensors in any usual layout and size, decoded by the project's one input rule
         (`unimodal.images.to_model_tensor`: EXIF orientation, alpha on white, value range by dtype
         with floats in [0, 1]), then sized by the model's rule (`ModelConfig.image_geometry()`:
         center-cropped to its square, or, for `image_resize="native"`, kept at their aspect ratio in
         the nearest bucket of about the same pixel count); images of several sizes batch together.
+        A clip (see the module docstring) has each frame sized by the same rule; a video file is
+        sampled to `ModelConfig.num_frames` frames at `ModelConfig.video_fps` (`unimodal.video.read_video`),
+        frames given directly are used as they are (a multiple of `patch_frames` of them).
         Raises ValueError for NaN/inf `temperature`/`top_p` or out-of-range values."""
         latents = self._encode_images(images, "images")
         prompts = [self.layout.caption_prompt(latent) for latent in latents]
@@ -84,7 +93,7 @@ class UniModal:
 
     def answer(self, images: Sequence[Any], questions: Sequence[str], max_new_tokens: int = 16,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
-        """Answer one question per image (same image handling as `caption`)."""
+        """Answer one question per image or clip (same handling as `caption`)."""
         questions = _check_texts(questions, "questions")
         latents = self._encode_images(images, "images")
         if len(questions) != len(latents):
@@ -109,24 +118,36 @@ class UniModal:
 
     @torch.no_grad()
     def _encode_images(self, images: Sequence[Any], name: str) -> list[torch.Tensor]:
-        if isinstance(images, (torch.Tensor,)) and images.dim() == 4:
+        if isinstance(images, torch.Tensor) and images.dim() in (4, 5):  # a batch of images, or of clips
             images = list(images)
         if not isinstance(images, (list, tuple)):
-            raise TypeError(f"{name} must be a list of images (paths, bytes, PIL, numpy or tensors), "
-                            f"got {type(images).__name__}")
+            raise TypeError(f"{name} must be a list of images or clips (paths, bytes, PIL, numpy or tensors; a clip "
+                            f"is a list of frames, an (F, C, H, W) array or a video file), got {type(images).__name__}")
         if not images:
             raise ValueError(f"{name} is empty: pass at least one image")
+        pixels = [self._media_tensor(item).to(self.device) for item in images]
+        return [latent.to(self.dtype) for latent in encode_items(self.codec, pixels)]  # N × (C, h, w) or (C, F, h, w)
+
+    def _media_tensor(self, item: Any) -> torch.Tensor:
+        """One image -> (3, H, W), one clip -> (3, F, H, W), in [-1, 1], sized by the model's rule."""
         geometry = self.config.image_geometry()
-        pixels = [to_model_tensor(image, geometry).to(self.device) for image in images]
-        return [latent.to(self.dtype) for latent in encode_items(self.codec, pixels)]  # N × (C, h, w)
+        if not is_clip(item):
+            return to_model_tensor(item, geometry)
+        frames = as_clip_frames(item, self.config.num_frames if self.config.num_frames > 1 else None,
+                                self.config.video_fps)
+        clip = to_model_clip(frames, geometry)
+        if clip.shape[1] % self.config.patch_frames:
+            raise ValueError(f"a clip of {clip.shape[1]} frames: this model takes clips of a multiple of "
+                             f"{self.config.patch_frames} frames (patch_frames), e.g. {self.config.num_frames}")
+        return clip
 
     # ---- generation ----
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], num_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
                  height: int | None = None, width: int | None = None, scheduler: str | None = None,
                  output_type: str = "pil", progress: bool = False, use_cache: bool = True,
-                 callback: Callable[[int, int], None] | None = None):
-        """Generate one image per prompt.
+                 callback: Callable[[int, int], None] | None = None, num_frames: int | None = None):
+        """Generate one image per prompt, or one clip of `num_frames` frames per prompt.
 
         Prompt i uses the noise of `seed + i`, so a prompt gives the same image alone or in a batch.
         `guidance_scale` 1 disables classifier-free guidance; above 1 the conditional and the
@@ -134,7 +155,10 @@ class UniModal:
         "dpmsolver++" (good at few steps); "ddim"/"ddpm" for ddpm models. `output_type`: "pil"
         (list of PIL images) or "pt" (tensor (N, 3, H, W) in [0, 1], the range image inputs are read in).
         `callback(step, num_steps)`, if given, is called after each sampling step (step = 1 ..
-        num_steps), e.g. to drive a progress bar.
+        num_steps), e.g. to drive a progress bar. `num_frames` (None = an image): with a count,
+        each prompt gives a clip, a list of `num_frames` PIL frames (write it with
+        `unimodal.video.save_video`), or with "pt" a tensor (N, F, 3, H, W) in [0, 1]; a count must
+        be a multiple of `patch_frames` (models trained on clips learnt `ModelConfig.num_frames`).
         """
         prompts = _check_texts(prompts, "prompts")
         if not isinstance(num_steps, int) or num_steps <= 0:
@@ -151,7 +175,7 @@ class UniModal:
             raise ValueError(f"unknown scheduler {scheduler!r}; for objective {self.config.objective!r} "
                              f"choose one of {self.process.schedulers}")
         height, width = self._latent_size(height, "height"), self._latent_size(width, "width")
-        shape = (self.config.latent_channels, height, width)
+        shape = (self.config.latent_channels, *self._frames(num_frames), height, width)
         # One generator per prompt: it draws the initial noise, then any noise a stochastic scheduler
         # ("ddpm") adds at each step, so prompt i is reproducible alone or in a batch.
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
@@ -166,8 +190,22 @@ class UniModal:
         latents = sample_latents(self.model, self.layout, self.process, prompts, noise, num_steps, guidance_scale,
                                  scheduler, use_cache=use_cache, progress=on_step, generator=generators)
         bar.close()
-        images = self.codec.decode(latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
-        return to_pil(images) if output_type == "pil" else ((images + 1) / 2).clamp(0, 1)
+        images = decode_batch(self.codec, latents.to(torch.float32) if self.dtype == torch.float32 else latents).float()
+        if num_frames is None:
+            return to_pil(images) if output_type == "pil" else ((images + 1) / 2).clamp(0, 1)
+        clips = images.transpose(1, 2)  # (N, F, 3, H, W)
+        return [to_pil(clip) for clip in clips] if output_type == "pil" else ((clips + 1) / 2).clamp(0, 1)
+
+    def _frames(self, num_frames: int | None) -> tuple[int, ...]:
+        """() for an image, (num_frames,) for a clip; ValueError for a bad count."""
+        if num_frames is None:
+            return ()
+        if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive int (or None for an image), got {num_frames!r}")
+        if num_frames % self.config.patch_frames:
+            raise ValueError(f"num_frames={num_frames}: this model makes clips of a multiple of "
+                             f"{self.config.patch_frames} frames (patch_frames)")
+        return (int(num_frames),)
 
     def _latent_size(self, pixels: int | None, name: str) -> int:
         if pixels is None:

@@ -3,6 +3,8 @@
     unimodal caption cat.png dog.jpg --model runs/tiny/export
     unimodal answer cat.png "what colour is the cat?" --model runs/tiny/export
     unimodal generate "a red circle" "a blue square" --model runs/tiny/export --out grid.png --out-dir images/
+    unimodal generate "a red circle moves from left to right" --num-frames 8 --model runs/tiny_video/export --out clip.gif
+    unimodal caption clip.gif frames.mp4 --model runs/tiny_video/export        (clips: GIF, or MP4/WebM with PyAV)
     unimodal demo --model runs/tiny/export [--port 7860] [--host 127.0.0.1]    (needs the `demo` extra)
 
 Bad arguments (a missing model folder or image, an unknown scheduler, ...) print a message and exit
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int, default=None,
                           help="pixels, a multiple of the model's pixels per patch (4 for tiny); default: its image size")
     generate.add_argument("--cell-size", type=int, default=128, help="pixels per image in the grid")
+    generate.add_argument("--num-frames", type=int, default=None,
+                          help="make clips of this many frames (e.g. 8) instead of images: --out is then an animated "
+                               "grid (.gif, or .mp4/.webm with PyAV) and --out-dir gets one GIF per prompt")
+    generate.add_argument("--fps", type=float, default=10.0, help="frames per second of the saved clips")
     demo = commands.add_parser("demo", parents=[common], help="serve a web page to try the model",
                                description="Serve a Gradio page with Caption, Answer and Generate tabs "
                                            "(needs the demo extra: pip install 'unimodal[demo]'). Stop it with Ctrl+C.")
@@ -79,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = args.command_parser
     if args.command == "generate" and args.out is None and args.out_dir is None:
         parser.error("generate needs --out GRID.png and/or --out-dir FOLDER to save the images")
-    if getattr(args, "out", None) is not None and args.out.suffix.lower() not in _image_extensions():
-        parser.error(f"--out {args.out}: name the grid file with an image extension such as .png")
+    clip_out = getattr(args, "num_frames", None) is not None
+    if getattr(args, "out", None) is not None:
+        if clip_out and args.out.suffix.lower().lstrip(".") not in ("gif", "mp4", "webm"):
+            parser.error(f"--out {args.out}: with --num-frames, name the clip file .gif (or .mp4/.webm with PyAV)")
+        if not clip_out and args.out.suffix.lower() not in _image_extensions():
+            parser.error(f"--out {args.out}: name the grid file with an image extension such as .png")
     if args.command == "demo" and not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port}: choose a TCP port from 1 to 65535")
     if args.command == "demo":  # before the model loads
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_dir():
         parser.error(f"--model {args.model}: no such folder (pass an exported model folder)")
     for path in getattr(args, "images", []):
-        _check_image(parser, path)
+        _check_media(parser, path)
     images = list(getattr(args, "images", []))  # paths: the API decodes them as the training reader does
 
     import torch
@@ -120,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_image(parser: argparse.ArgumentParser, path: Path) -> None:
-    """Fail before the model loads if an image cannot be decoded (by the project's one input rule)."""
+def _check_media(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Fail before the model loads if an image cannot be decoded (by the project's one input rule);
+    a video file (by its suffix) is left to the API, which says what it cannot read."""
     from .images import open_image
+    from .video import VIDEO_SUFFIXES
 
+    if path.suffix.lower().lstrip(".") in VIDEO_SUFFIXES:
+        if not path.is_file():
+            parser.error(f"clip {path}: no such file")
+        return
     try:
         open_image(path)
     except FileNotFoundError:
@@ -151,7 +167,10 @@ def _generate(model, args: argparse.Namespace) -> None:
 
     images = model.generate(args.prompts, num_steps=args.num_steps, guidance_scale=args.guidance_scale,
                             seed=args.seed, height=args.height, width=args.width, scheduler=args.scheduler,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), num_frames=args.num_frames)
+    if args.num_frames is not None:
+        _save_clips(images, args)
+        return
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for index, (image, prompt) in enumerate(zip(images, args.prompts)):
@@ -162,6 +181,22 @@ def _generate(model, args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         image_grid(images, labels=args.prompts, cell_size=args.cell_size).save(args.out)
         print(args.out)
+
+
+def _save_clips(clips: list, args: argparse.Namespace) -> None:
+    """One GIF per prompt into --out-dir; --out: an animated grid, frame k showing every prompt's frame k."""
+    from .images import image_grid
+    from .video import save_video
+
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for index, (clip, prompt) in enumerate(zip(clips, args.prompts)):
+            print(save_video(clip, args.out_dir / f"{index:03d}_{_slug(prompt)}.gif", fps=args.fps))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frames = [image_grid([clip[k] for clip in clips], labels=args.prompts, cell_size=args.cell_size)
+                  for k in range(len(clips[0]))]
+        print(save_video(frames, args.out, fps=args.fps))
 
 
 def _serve(parser: argparse.ArgumentParser, model, args: argparse.Namespace) -> None:

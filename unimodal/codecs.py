@@ -1,7 +1,8 @@
 """Latent codecs: map images in [-1, 1] to the latents the model denoises, and back.
 
 Both codecs expose the same surface: `encode(images) -> latents`, `decode(latents) -> images`,
-`latent_channels`, `downsample_factor`. They are frozen: no codec parameter is ever trained here.
+`latent_channels`, `downsample_factor`. They are image codecs: clips go through them frame by frame
+(`encode_items`, `decode_batch`). They are frozen: no codec parameter is ever trained here.
 """
 
 from __future__ import annotations
@@ -107,14 +108,34 @@ def build_codec(config: ModelConfig) -> PixelCodec | VAECodec:
     return codec
 
 
+def _frames(items: torch.Tensor) -> torch.Tensor:
+    """(n, C, F, H, W) clips -> (n·F, C, H, W) frames, the codec's input."""
+    return items.transpose(1, 2).flatten(0, 1)
+
+
+def _clips(frames: torch.Tensor, num: int) -> torch.Tensor:
+    """(n·F, C, H, W) -> (n, C, F, H, W), the inverse of `_frames`."""
+    return frames.unflatten(0, (num, -1)).transpose(1, 2)
+
+
 def encode_items(codec: PixelCodec | VAECodec, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Encode media items of any sizes, (3, H, W) each: items of one shape run as one batch."""
+    """Encode media items of any sizes: images (3, H, W) -> (C, h, w), clips (3, F, H, W) -> (C, F, h, w),
+    frame by frame (an image codec has no time axis; temporal compression is `patch_frames`). Items
+    of one shape run as one batch."""
     out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
     for group in shape_groups(images):
-        encoded = codec.encode(torch.stack([images[i] for i in group]))
+        stacked = torch.stack([images[i] for i in group])
+        encoded = codec.encode(stacked) if stacked.dim() == 4 else _clips(codec.encode(_frames(stacked)), len(group))
         for row, index in enumerate(group):
             out[index] = encoded[row]
     return out
+
+
+def decode_batch(codec: PixelCodec | VAECodec, latents: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> images (N, 3, H, W), or (N, C, F, h, w) -> clips (N, 3, F, H, W), frame by frame; [-1, 1]."""
+    if latents.dim() == 4:
+        return codec.decode(latents)
+    return _clips(codec.decode(_frames(latents)), latents.shape[0])
 
 
 def save_codec(codec: PixelCodec | VAECodec, folder: str | Path) -> None:

@@ -8,6 +8,7 @@ field, so a typo in a YAML file fails at load time instead of silently training 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,22 @@ class ModelConfig:
     latent_channels: int = 3  # 3 for the pixel codec, the VAE's latent_channels otherwise
     downsample_factor: int = 1  # image_size / latent_size: 1 for pixels, 8 for SD-style VAEs
     patch_size: int = 4  # latent pixels per patch side
+    # Frames per patch of a clip (temporal patch size): a clip of F frames takes F / patch_frames
+    # patch frames. An image is one patch frame, its frame repeated patch_frames times on the way in
+    # and its predictions averaged over them on the way out (unimodal.embeddings).
+    patch_frames: int = 1
     patch_adapter: str = "linear"  # "linear" (Transfusion default) or "mlp"
     # 2-D sin-cos positions of an item's patches (unimodal.embeddings.position_coordinates):
     # "interpolated" stretches every grid to the training grid (DiT/SD3 base_size); "centered" gives
     # one unit per patch around the item's centre. Interpolated generalised better to a canvas never
     # trained (docs/experiments/2026-11-30-spacetime-patches.md).
     position_grid: str = "interpolated"
+
+    # --- clips ---
+    # Frames of the clips the model trained on (training sets it from data.num_frames when its data
+    # holds clips; 1 = images only): `caption`/`answer` sample a video file to this many frames.
+    num_frames: int = 1
+    video_fps: float = 10.0  # frames per second a video file is sampled at (data.video_fps; unimodal.video)
 
     # --- objective ---
     objective: str = "flow"  # "flow" (rectified flow, velocity target) or "ddpm" (noise prediction)
@@ -108,7 +119,8 @@ class ModelConfig:
 
     @property
     def patch_dim(self) -> int:
-        return self.latent_channels * self.patch_size**2
+        """Values per patch: latent_channels · patch_frames · patch_size²."""
+        return self.latent_channels * self.patch_frames * self.patch_size**2
 
     @property
     def ffn_size(self) -> int:
@@ -133,10 +145,15 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
         positive = ["hidden_size", "num_layers", "num_heads", "vocab_size", "image_size", "latent_channels",
-                    "downsample_factor", "patch_size", "max_position_embeddings"]
+                    "downsample_factor", "patch_size", "patch_frames", "max_position_embeddings", "num_frames",
+                    "video_fps"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if not math.isfinite(self.video_fps):
+            raise ValueError(f"ModelConfig.video_fps must be a finite number of frames per second, got {self.video_fps}")
+        if self.num_frames > 1 and self.num_frames % self.patch_frames:
+            raise ValueError(f"ModelConfig.num_frames={self.num_frames} must be a multiple of patch_frames={self.patch_frames}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide hidden_size={self.hidden_size}")
         kv_heads = self.num_kv_heads or self.num_heads

@@ -1,11 +1,12 @@
 """Media-side adapters: patchify, patch embedding with 2-D position and timestep, the denoise head.
 
 Media items come in any size: images (C, H, W) and clips (C, F, H, W), whose frames are patched
-one by one (frame-major order). Everything here works on the *flat* list of all items' patches
+`patch_frames` at a time (frame-major order). Everything here works on the *flat* list of all items' patches
 (`patchify_items`), so items of different grids share one matmul.
 
 Dimension legend: N items, C latent channels, F frames, H/W an item's latent height/width, p
-patch_size, P_n = F·(H/p)·(W/p) patches of item n, S = Σ P_n patches in all, D model width, E = C·p·p.
+patch_size, pf patch_frames, P_n = (F/pf)·(H/p)·(W/p) patches of item n, S = Σ P_n patches in all, D model
+width, E = C·pf·p·p.
 """
 
 from __future__ import annotations
@@ -50,23 +51,37 @@ def shape_groups(items: Sequence[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _as_clip(item: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) -> (C, 1, H, W); a clip (C, F, H, W) as it is."""
-    return item[:, None] if item.dim() == 3 else item
+def _as_clip(item: torch.Tensor, patch_frames: int = 1) -> torch.Tensor:
+    """(C, H, W) -> (C, patch_frames, H, W), the image repeated (one patch frame); a clip
+    (C, F, H, W) as it is."""
+    if item.dim() == 3:
+        return item[:, None].expand(-1, patch_frames, -1, -1) if patch_frames > 1 else item[:, None]
+    return item
 
 
-def patchify_items(items: Sequence[torch.Tensor], patch_size: int) -> torch.Tensor:
-    """N items, (C, H_n, W_n) or (C, F_n, H_n, W_n) -> (S, C·p·p): every item's patches, item after
-    item, frame after frame, row-major within a frame."""
+def _check_frames(frames: int, patch_frames: int) -> None:
+    if frames % patch_frames:
+        raise ValueError(f"a clip of {frames} frames is not a whole number of {patch_frames}-frame patches "
+                         f"(patch_frames); pass a multiple of {patch_frames} frames")
+
+
+def patchify_items(items: Sequence[torch.Tensor], patch_size: int, patch_frames: int = 1) -> torch.Tensor:
+    """N items, (C, H_n, W_n) or (C, F_n, H_n, W_n) -> (S, C·pf·p·p): every item's patches, item after
+    item, patch frame after patch frame, row-major within a frame. A patch holds `patch_frames`
+    consecutive frames of a p×p area (pf = 1: one frame); an image is one patch frame of its frame
+    repeated pf times. Raises ValueError for a clip whose frames pf does not divide."""
     if len(items) == 0:
         raise ValueError("patchify_items needs at least one item")
-    clips = [_as_clip(item) for item in items]
+    clips = [_as_clip(item, patch_frames) for item in items]
     parts: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+    p, pf = patch_size, patch_frames
     for group in shape_groups(clips):
         stacked = torch.stack([clips[i] for i in group])  # (n, C, F, H, W)
         num, channels, frames, height, width = stacked.shape
-        patches = patchify(stacked.transpose(1, 2).reshape(num * frames, channels, height, width), patch_size)
-        patches = patches.reshape(num, -1, patches.shape[-1])  # (n, F·P, E)
+        _check_frames(frames, pf)
+        x = stacked.reshape(num, channels, frames // pf, pf, height // p, p, width // p, p)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (n, F/pf, H/p, W/p, C, pf, p, p)
+        patches = x.reshape(num, -1, channels * pf * p * p)  # (n, P, E)
         if len(group) == len(items):
             return patches.flatten(0, 1)
         for row, index in enumerate(group):
@@ -74,14 +89,31 @@ def patchify_items(items: Sequence[torch.Tensor], patch_size: int) -> torch.Tens
     return torch.cat(parts)
 
 
-def unpatchify_items(patches: torch.Tensor, grids: torch.Tensor, patch_size: int, channels: int) -> list[torch.Tensor]:
-    """(S, C·p·p) and grids (N, 3) -> N items, the inverse of `patchify_items`: (C, H, W) for one
-    frame, (C, F, H, W) for more."""
+def unpatchify_like(patches: torch.Tensor, like: torch.Tensor, patch_size: int, patch_frames: int = 1) -> torch.Tensor:
+    """(R, P, C·pf·p·p) -> a tensor shaped like `like`: (R, C, H, W) images (the prediction averaged
+    over the pf copies of the frame) or (R, C, F, H, W) clips. The inverse of `patchify_items` for
+    R items of one shape."""
+    p, pf = patch_size, patch_frames
+    image = like.dim() == 4
+    rows, channels = like.shape[:2]
+    frames = pf if image else like.shape[2]
+    height, width = like.shape[-2:]
+    x = patches.reshape(rows, frames // pf, height // p, width // p, channels, pf, p, p)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(rows, channels, frames, height, width)
+    return x.mean(2) if image else x
+
+
+def unpatchify_items(patches: torch.Tensor, grids: torch.Tensor, patch_size: int, channels: int,
+                     patch_frames: int = 1, still: Sequence[bool] | None = None) -> list[torch.Tensor]:
+    """(S, C·pf·p·p) and grids (N, 3) -> N items, the inverse of `patchify_items`: (C, H, W) for an
+    image, (C, F, H, W) for a clip. `still[n]` says item n is an image (default: one patch frame);
+    an image's pf copies are averaged."""
     items = []
-    for piece, (frames, rows, cols) in zip(patches.split(grids.prod(-1).tolist()), grids.tolist()):
-        frames_chw = unpatchify(piece.reshape(frames, rows * cols, -1), patch_size, channels, rows * patch_size,
-                                cols * patch_size)  # (F, C, H, W)
-        items.append(frames_chw[0] if frames == 1 else frames_chw.transpose(0, 1))
+    for n, (piece, (frames, rows, cols)) in enumerate(zip(patches.split(grids.prod(-1).tolist()), grids.tolist())):
+        is_image = still[n] if still is not None else frames == 1
+        like = piece.new_empty((1, channels, rows * patch_size, cols * patch_size) if is_image
+                               else (1, channels, frames * patch_frames, rows * patch_size, cols * patch_size))
+        items.append(unpatchify_like(piece[None], like, patch_size, patch_frames)[0])
     return items
 
 

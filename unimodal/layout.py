@@ -142,24 +142,37 @@ class SequenceLayout:
         patch_size: values per patch side in the tensors handed to this layout: the model's
             `downsample_factor · patch_size` for pixels, its `patch_size` for latents. An item of
             H×W takes (H / patch_size)·(W / patch_size) positions; sizes it does not divide raise.
+        patch_frames: frames per patch of a clip (`ModelConfig.patch_frames`): a clip of F frames
+            takes F / patch_frames patch frames, an image one.
     """
 
-    def __init__(self, tokenizer: Tokenizer, patch_size: int):
-        if not isinstance(patch_size, int) or patch_size <= 0:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    def __init__(self, tokenizer: Tokenizer, patch_size: int, patch_frames: int = 1):
+        for name, value in (("patch_size", patch_size), ("patch_frames", patch_frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.tokenizer = tokenizer
         self.patch_size = patch_size
+        self.patch_frames = patch_frames
+
+    @classmethod
+    def for_model(cls, tokenizer: Tokenizer, config, latents: bool = False) -> SequenceLayout:
+        """The layout of a `ModelConfig`'s items: pixels (`latents=False`) or latents already encoded."""
+        return cls(tokenizer, config.input_patch_size(latents), config.patch_frames)
 
     def grid(self, image: torch.Tensor) -> tuple[int, int, int]:
-        """(frames, rows, cols) of patches of a (C, H, W) image (1 frame) or a (C, F, H, W) clip."""
+        """(patch frames, rows, cols) of a (C, H, W) image (1 patch frame) or a (C, F, H, W) clip
+        (F / patch_frames). Raises ValueError for sizes the patches do not divide."""
         if image.dim() not in (3, 4):
             raise ValueError(f"a media item is (C, H, W) or (C, F, H, W); got shape {tuple(image.shape)}")
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        frames = int(image.shape[1]) if image.dim() == 4 else 1
+        frames = int(image.shape[1]) if image.dim() == 4 else self.patch_frames
         if height % self.patch_size or width % self.patch_size or height == 0 or width == 0 or frames == 0:
             raise ValueError(f"a media item of {height}x{width} is not a whole number of "
                              f"{self.patch_size}x{self.patch_size} patches")
-        return frames, height // self.patch_size, width // self.patch_size
+        if frames % self.patch_frames:
+            raise ValueError(f"a clip of {frames} frames is not a whole number of {self.patch_frames}-frame patches "
+                             f"(patch_frames); pass a multiple of {self.patch_frames} frames")
+        return frames // self.patch_frames, height // self.patch_size, width // self.patch_size
 
     def _ids(self, text: str | Sequence[int]) -> list[int]:
         return self.tokenizer.encode(text) if isinstance(text, str) else [int(i) for i in text]

@@ -83,7 +83,7 @@ class Objective:
         if num_targets == 0:
             denoise_loss = output.denoise_pred.sum() * 0  # keeps every parameter in the graph (DeepSpeed/ZeRO)
         else:
-            target = patchify_items(targets, cfg.patch_size).to(output.denoise_pred.device)  # (S, E)
+            target = patchify_items(targets, cfg.patch_size, cfg.patch_frames).to(output.denoise_pred.device)  # (S, E)
             per_patch = (output.denoise_pred.float() - target.float()).pow(2).mean(-1)  # (S,)
             sizes = batch.image_grids.prod(-1)
             per_item = torch.zeros(batch.num_images, device=per_patch.device).index_add(

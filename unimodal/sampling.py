@@ -1,7 +1,7 @@
 """Inference loops: KV-cached text decoding and cached-prefix image sampling.
 
 Dimension legend: R rows in the model batch, T0 prompt length (left-padded), L prefix length
-(left-padded), P patches per image, D width, C/H/W latent channels/height/width, E = C·p·p.
+(left-padded), P patches per item, D width, C/F/H/W latent channels/frames/height/width, E = C·pf·p·p.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import DynamicCache, LlamaModel
 
 from . import attention
 from .decode_step import StaticKVDecoder
-from .embeddings import patchify_items, unpatchify
+from .embeddings import patchify_items, unpatchify_like
 from .layout import Example, SequenceLayout
 from .model import UniModalModel
 
@@ -111,7 +111,7 @@ def sample_latents(model: UniModalModel, layout: SequenceLayout, process, texts:
                    noise: torch.Tensor, num_steps: int, guidance_scale: float, scheduler_name: str,
                    use_cache: bool = True, progress: Callable | None = None,
                    generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """Denoise `noise` (B, C, H, W) conditioned on `texts` (B of them).
+    """Denoise `noise` (B, C, H, W) images or (B, C, F, H, W) clips conditioned on `texts` (B of them).
 
     The rows are the layout's generation prompts (`SequenceLayout.guided_generation_prompts`: with
     guidance, scale != 1, the B conditional rows and then B unconditional ones, one batch),
@@ -156,7 +156,8 @@ def sample_latents(model: UniModalModel, layout: SequenceLayout, process, texts:
             model_input = scheduler.scale_model_input(model_input, timestep)
         t = process.model_time(scheduler, timestep).expand(rows).to(device)
         if use_cache:
-            tokens, time = model.patch_embed(patchify_items(list(model_input), model.config.patch_size), grids, t)
+            patches = patchify_items(list(model_input), model.config.patch_size, model.config.patch_frames)
+            tokens, time = model.patch_embed(patches, grids, t)
             hidden = _run_decoder(model, tokens.view(rows, num_tokens, -1).to(prefix_embeds.dtype), item_mask,
                                   full_positions[:, prefix:], cache)
             cache.crop(-num_tokens)  # forget this step's item keys; the prefix stays
@@ -165,7 +166,8 @@ def sample_latents(model: UniModalModel, layout: SequenceLayout, process, texts:
             embeds, time = model.embed(batch.input_ids, list(model_input), t, batch.image_rows, batch.image_starts, grids)
             hidden = _run_decoder(model, embeds, full_mask, full_positions, None)
             pred = model.predict_denoise(hidden, time, batch.image_rows, batch.image_starts, grids)
-        pred = unpatchify(pred.view(rows, num_tokens, -1), model.config.patch_size, *model_input.shape[1:]).to(dtype)
+        pred = unpatchify_like(pred.view(rows, num_tokens, -1), model_input, model.config.patch_size,
+                               model.config.patch_frames).to(dtype)
         if guided:
             conditional, unconditional = pred.chunk(2)
             pred = unconditional + guidance_scale * (conditional - unconditional)

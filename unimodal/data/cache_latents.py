@@ -4,7 +4,7 @@
         --codec vae --vae-path models/vae --image-size 256 [--dtype float16] [--device cuda]
     python -m unimodal.data.cache_latents --shards DIR --out DIR2 --export runs/tiny/export   # the model's own codec
 
-Each output sample holds `KEY.latent.npy` ((C, h, w) array, `np.save` format) and the same
+Each output sample holds `KEY.latent.npy` ((C, h, w) array, (C, F, h, w) for a clip, `np.save` format) and the same
 `KEY.txt`/`KEY.json`; train on it with `DataConfig(latents=True, train_shards=<out pattern>)`.
 `latents.json` in the output folder records the codec settings and shapes. The codec is any object
 with `encode(images: (N, 3, H, W) in [-1, 1]) -> (N, C, h, w)` (`unimodal.codecs.PixelCodec`,
@@ -27,6 +27,9 @@ import torch
 from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, load_class_captions
 from .reader import iter_samples
 from .samples import LATENT_SUFFIX, DecodedSample
+from unimodal.codecs import encode_items
+from unimodal.video import VideoSampling
+
 from .skips import SkipCounter
 from .sources import ShardSample
 from .write_shards import WriteSummary, write_shards
@@ -35,7 +38,7 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 def latent_bytes(latent: torch.Tensor, dtype: str = "float32") -> bytes:
-    """(C, h, w) tensor -> `.npy` bytes."""
+    """(C, h, w) or a clip's (C, F, h, w) tensor -> `.npy` bytes."""
     buffer = io.BytesIO()
     np.save(buffer, latent.detach().cpu().float().numpy().astype(DTYPES[dtype]), allow_pickle=False)
     return buffer.getvalue()
@@ -56,12 +59,13 @@ def encoded_samples(samples: Iterator[DecodedSample], codec: Any, batch_size: in
                     device: str | torch.device = "cpu") -> Iterator[ShardSample]:
     """Encode decoded samples in batches; yields shard samples with the latent as payload."""
     for batch in _batches(samples, batch_size):
-        images = torch.stack([s.image for s in batch]).to(device)  # (N, 3, H, W)
+        items = [s.image.to(device) for s in batch]  # (3, H, W) images or (3, F, H, W) clips, sizes may differ
         with torch.no_grad():
-            latents = codec.encode(images)  # (N, C, h, w)
-        if latents.dim() != 4 or latents.shape[0] != len(batch):
-            raise ValueError(f"codec.encode returned shape {tuple(latents.shape)} for {len(batch)} images; "
-                             "expected (N, C, h, w)")
+            latents = encode_items(codec, items)  # one codec call per shape; clips frame by frame
+        for item, latent in zip(items, latents):
+            if latent.dim() != item.dim() or (item.dim() == 4 and latent.shape[1] != item.shape[1]):
+                raise ValueError(f"codec.encode gave a latent of shape {tuple(latent.shape)} for an item of shape "
+                                 f"{tuple(item.shape)}; expected (C, h, w) per image, (C, F, h, w) per clip")
         for sample, latent in zip(batch, latents):
             yield ShardSample(sample.key, latent_bytes(latent, dtype), LATENT_SUFFIX, sample.caption,
                               sample.metadata or None)
@@ -70,11 +74,12 @@ def encoded_samples(samples: Iterator[DecodedSample], codec: Any, batch_size: in
 def cache_latents(shards: str | Sequence[str], out_dir: str | Path, codec: Any, image_size: int,
                   batch_size: int = 64, dtype: str = "float32", device: str | torch.device = "cpu",
                   prefix: str = "latent", max_count: int = 10_000, progress: bool = True,
-                  classes: ClassCaptions | None = None) -> WriteSummary:
+                  classes: ClassCaptions | None = None, video: VideoSampling | None = None) -> WriteSummary:
     """Encode every usable sample of `shards` with `codec` into new shards under `out_dir`.
 
     Unusable input samples (corrupt image, no caption, unreadable shard) are skipped, logged and
-    reported in the summary's `skipped`. `classes` captions class-labelled samples (KEY.cls without
+    reported in the summary's `skipped`. Clips are sampled by `video` (`unimodal.video.VideoSampling`,
+    default 8 frames at 10 fps) and encoded frame by frame into (C, F, h, w) latents. `classes` captions class-labelled samples (KEY.cls without
     a caption) as training does; the written latent shards then hold that caption as KEY.txt.
     """
     if dtype not in DTYPES:
@@ -82,7 +87,7 @@ def cache_latents(shards: str | Sequence[str], out_dir: str | Path, codec: Any, 
     if not callable(getattr(codec, "encode", None)):
         raise TypeError(f"codec must have an encode(images) method, got {type(codec).__name__}")
     counter = SkipCounter(where="[cache_latents]")
-    decoded = iter_samples(shards, image_size, counter=counter, classes=classes)
+    decoded = iter_samples(shards, image_size, counter=counter, classes=classes, video=video)
     samples = encoded_samples(decoded, codec, batch_size, dtype, device)
     summary = write_shards(samples, out_dir, prefix=prefix, max_count=max_count, progress=progress)
     summary.skipped = counter.as_dict()
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", default=None, help="an exported model folder: use its codec (overrides --codec)")
     parser.add_argument("--image-size", type=int, required=True, help="images are resized/cropped to this first")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-frames", type=int, default=8, help="frames each clip is sampled to (data.num_frames)")
+    parser.add_argument("--fps", type=float, default=10.0, help="frames per second clips are sampled at (data.video_fps)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prefix", default="latent")
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(codec, "to"):
         codec = codec.to(args.device)
     summary = cache_latents(args.shards, args.out, codec, args.image_size, args.batch_size, args.dtype, args.device,
-                            args.prefix, args.max_count, progress=not args.no_progress, classes=classes)
+                            args.prefix, args.max_count, progress=not args.no_progress, classes=classes,
+                            video=VideoSampling(args.num_frames, args.fps))
     print(summary)
     return 0
 

@@ -6,6 +6,7 @@ Batch sizes and epoch lengths are per rank (a micro-batch, the unit DeepSpeed's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,14 @@ from unimodal.config import config_from_dict
 from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
 from .tasks import TASKS
 
+MEDIA_KINDS = ("image", "video")  # the keys of DataConfig.media_weights: train_shards, video_shards
+
 
 @dataclass
 class DataConfig:
     # Shards: a brace pattern ("shards/train-{000000..000009}.tar"), several joined by "::", a
     # directory of .tar files, or a list of these. Any shard set in the webdataset image-text
-    # layout (KEY.png|jpg|webp + KEY.txt [+ KEY.json]) works as it is.
+    # layout (KEY.png|jpg|webp, or a clip KEY.gif|mp4|webm|frames.npy, + KEY.txt [+ KEY.json]) works as it is.
     train_shards: str | list[str] = ""
     image_size: int = 32  # images are resized (shorter side) and center-cropped to this (the budget when native)
     # "square": every image is cropped to image_size²; "native": it keeps its aspect ratio, in the
@@ -32,6 +35,16 @@ class DataConfig:
     # its class name; without this file such samples are skipped (missing_class_names).
     class_names: str | None = None
     class_caption_template: str = CLASS_CAPTION_TEMPLATE  # "{name}" is replaced by the class name
+    # Clips (KEY.gif|mp4|webm|... or pre-decoded KEY.frames.npy) are sampled to num_frames frames at
+    # video_fps frames per second (sample-and-hold, a window centred in the clip: unimodal.video), each
+    # frame sized like an image; shorter clips are skipped (short_clip).
+    num_frames: int = 8
+    video_fps: float = 10.0
+    # A second shard set, of clips, mixed with train_shards sample by sample in the proportions of
+    # media_weights (joint image + video training, as Sora trains on both). Either set may be empty;
+    # a shard set may also hold both kinds (each sample is whatever it holds).
+    video_shards: str | list[str] = ""
+    media_weights: dict[str, float] = field(default_factory=lambda: {"image": 1.0, "video": 1.0})
     latents: bool = False  # read KEY.latent.npy (unimodal.data.cache_latents) instead of images, as stored
     batch_size: int = 32  # per rank
     num_workers: int = 2  # DataLoader worker processes per rank; 0 reads in the main process
@@ -79,6 +92,12 @@ class DataConfig:
             return layout.pack(examples, self.max_tokens_per_row, self.length_multiple, self.row_multiple)
         return layout.collate(examples, self.length_multiple)
 
+    def video_sampling(self):
+        """How clips are sampled (`unimodal.video.VideoSampling`)."""
+        from unimodal.video import VideoSampling
+
+        return VideoSampling(self.num_frames, self.video_fps)
+
     def class_captions(self) -> ClassCaptions | None:
         """The class names of `class_names` with the caption template, or None when it is unset.
         Reads and checks the file at each call (`unimodal.data.classes.load_class_names`: ValueError
@@ -92,6 +111,15 @@ class DataConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DataConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_frames < 1 or not math.isfinite(self.video_fps) or self.video_fps <= 0:
+            raise ValueError(f"DataConfig.num_frames must be >= 1 and video_fps a positive number, got "
+                             f"{self.num_frames} and {self.video_fps}")
+        unknown_media = sorted(set(self.media_weights) - set(MEDIA_KINDS))
+        if unknown_media or any(w < 0 for w in self.media_weights.values()):
+            raise ValueError(f"DataConfig.media_weights maps {MEDIA_KINDS} to weights >= 0, got {self.media_weights}")
+        if self.train_shards and self.video_shards and sum(self.media_weights.get(k, 0.0) for k in MEDIA_KINDS) <= 0:
+            raise ValueError(f"DataConfig.media_weights must give train_shards or video_shards a positive weight, "
+                             f"got {self.media_weights}")
         if self.image_resize not in ("square", "native"):
             raise ValueError(f"DataConfig.image_resize must be 'square' or 'native', got {self.image_resize!r}")
         if self.max_tokens_per_row < 0:

@@ -23,6 +23,9 @@ How it is built (one rank):
 - Skips are counted in each worker and sent with every batch; `ShardLoader.skipped` sums them.
 - Captions: KEY.txt, else KEY.json "caption"/"captions", else, for class-labelled sets, KEY.cls named
   by `DataConfig.class_names` (read once, when the loader is built; `unimodal.data.classes`).
+- Media: images, and clips sampled to `DataConfig.num_frames` (`unimodal.video`). With
+  `DataConfig.video_shards` as well as `train_shards`, each stream mixes the two sets sample by sample
+  in the proportions of `media_weights`, before the shuffle buffer.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from unimodal.images import ImageGeometry
 from unimodal.layout import Batch, SequenceLayout
 from unimodal.tokenizer import Tokenizer
+from unimodal.video import VideoSampling
 
 from .classes import ClassCaptions
 from .config import DataConfig
@@ -88,9 +92,11 @@ class ShardStream(IterableDataset):
     """Per-worker iterable of `(Batch, info)`; use it through `ShardLoader`."""
 
     def __init__(self, config: DataConfig, shards: Sequence[str], layout: SequenceLayout, rank: int,
-                 world_size: int):
+                 world_size: int, video_shards: Sequence[str] = ()):
         self.config = config
         self.shards = list(shards)
+        self.video_shards = list(video_shards)  # mixed in by DataConfig.media_weights (`_raw`)
+        self.video = config.video_sampling()
         self.layout = layout
         self.rank = rank
         self.world_size = world_size
@@ -104,22 +110,50 @@ class ShardStream(IterableDataset):
     def _key(self, *parts: Any) -> str:
         return ":".join(str(p) for p in (self.config.seed, self.plan.epoch, self.rank, *parts))
 
-    def stream_shards(self, stream: int) -> Iterator[str]:
-        """The shard URLs stream `stream` reads this epoch."""
+    def stream_shards(self, stream: int, kind: str = "image") -> Iterator[str]:
+        """The shard URLs of one set (`kind` "image": train_shards, "video": video_shards) that stream
+        `stream` reads this epoch."""
+        shards = self.shards if kind == "image" else self.video_shards
+        tag = "" if kind == "image" else f"{kind}:"  # image-only runs keep the draws they always had
         if self.config.resampled:
-            rng = random.Random("shards:" + self._key(stream))
-            return (self.shards[rng.randrange(len(self.shards))] for _ in itertools.count())
-        order = list(self.shards)
-        random.Random(f"order:{self.config.seed}:{self.plan.epoch}").shuffle(order)  # same on every rank
+            rng = random.Random(f"{tag}shards:" + self._key(stream))
+            return (shards[rng.randrange(len(shards))] for _ in itertools.count())
+        order = list(shards)
+        random.Random(f"{tag}order:{self.config.seed}:{self.plan.epoch}").shuffle(order)  # same on every rank
         return iter(order[self.rank:: self.world_size][stream:: self.plan.num_streams])
 
     def _raw(self, stream: int, counter: SkipCounter) -> Iterator[RawSample]:
+        """The stream's raw samples: of one shard set, or of both mixed sample by sample in the
+        proportions of `media_weights` (a seeded draw per sample, so a resume replays it exactly;
+        when one set runs out, the other continues)."""
+        kinds = [kind for kind, shards in (("image", self.shards), ("video", self.video_shards)) if shards]
+        sources = {kind: self._raw_of(stream, kind, counter) for kind in kinds}
+        weights = [self.config.media_weights.get(kind, 0.0) for kind in kinds]
+        if len(kinds) == 1 or min(weights) <= 0:
+            return sources[kinds[0] if len(kinds) == 1 else kinds[weights.index(max(weights))]]
+
+        def mixed() -> Iterator[RawSample]:
+            rng = random.Random("media:" + self._key(stream))
+            live = dict(sources)
+            while live:
+                names = list(live)
+                kind = rng.choices(names, weights=[self.config.media_weights[k] for k in names])[0]
+                sample = next(live[kind], None)
+                if sample is None:
+                    del live[kind]
+                    continue
+                yield sample
+
+        return mixed()
+
+    def _raw_of(self, stream: int, kind: str, counter: SkipCounter) -> Iterator[RawSample]:
         if not self.config.resampled:
-            return iter_shards(self.stream_shards(stream), counter)
+            return iter_shards(self.stream_shards(stream, kind), counter)
+        shards = self.shards if kind == "image" else self.video_shards
 
         def resampled() -> Iterator[RawSample]:
             empty = 0
-            for url in self.stream_shards(stream):
+            for url in self.stream_shards(stream, kind):
                 got = False
                 for sample in iter_shard(url, counter):
                     got = True
@@ -127,7 +161,7 @@ class ShardStream(IterableDataset):
                 empty = 0 if got else empty + 1
                 if empty >= MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(f"{empty} shards in a row gave no samples (last: {url}); are the "
-                                       f"shards readable? {self.shards[:3]}...")
+                                       f"shards readable? {shards[:3]}...")
 
         return resampled()
 
@@ -185,7 +219,8 @@ class ShardStream(IterableDataset):
 
     def _example(self, raw: RawSample, stream: int, position: int, counter: SkipCounter):
         decoded = decode_sample(raw, self.geometry, counter, latents=self.config.latents,
-                                rng=random.Random("caption:" + self._key(stream, position)), classes=self.classes)
+                                rng=random.Random("caption:" + self._key(stream, position)), classes=self.classes,
+                                video=self.video)
         if decoded is None:
             return None
         made = self.tasks.example(random.Random("task:" + self._key(stream, position)), decoded.image,
@@ -219,17 +254,18 @@ class ShardLoader:
     """
 
     def __init__(self, config: DataConfig, shards: Sequence[str], layout: SequenceLayout, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, video_shards: Sequence[str] = ()):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-        if not shards:
+        if not shards and not video_shards:
             raise ValueError("ShardLoader needs at least one shard")
         self.config = config
         self.num_streams = max(1, config.num_workers)
-        if not config.resampled and len(shards) < world_size * self.num_streams:
-            logger.warning("data: %d shards for %d ranks x %d workers: some workers get no shard (write more, "
-                           "smaller shards)", len(shards), world_size, self.num_streams)
-        self.dataset = ShardStream(config, shards, layout, rank, world_size)
+        for found in (shards, video_shards):
+            if found and not config.resampled and len(found) < world_size * self.num_streams:
+                logger.warning("data: %d shards for %d ranks x %d workers: some workers get no shard (write more, "
+                               "smaller shards)", len(found), world_size, self.num_streams)
+        self.dataset = ShardStream(config, shards, layout, rank, world_size, video_shards)
         self.epoch = 0
         self.num_samples = 0
         self.last_keys: list[str] = []  # "url#key" of each sample in the last yielded batch
@@ -302,7 +338,9 @@ class ShardLoader:
         cfg, ds = self.config, self.dataset
         return {"seed": cfg.seed, "rank": ds.rank, "world_size": ds.world_size, "num_streams": self.num_streams,
                 "batch_size": cfg.batch_size, "resampled": cfg.resampled, "epoch_batches": cfg.epoch_batches,
-                "shuffle_buffer": cfg.shuffle_buffer, "num_shards": len(ds.shards)}
+                "shuffle_buffer": cfg.shuffle_buffer, "num_shards": len(ds.shards),
+                **({"num_video_shards": len(ds.video_shards), "media_weights": dict(cfg.media_weights)}
+                   if ds.video_shards else {})}
 
     def state_dict(self) -> dict[str, Any]:
         """The position after the last batch this loader yielded (plain ints, lists and dicts)."""
@@ -342,20 +380,23 @@ def build_train_loader(config: DataConfig, tokenizer: Tokenizer, layout: Sequenc
     """The training reader of one rank (see the module docstring)."""
     if layout.tokenizer is not tokenizer:
         raise ValueError("build_train_loader: `layout` was built with another tokenizer than `tokenizer`")
-    if not config.train_shards:
+    if not config.train_shards and not config.video_shards:
         raise ValueError("DataConfig.train_shards is empty; point it at shards, e.g. "
                          "'shards/train-{000000..000009}.tar' (write some with `python -m unimodal.data.write_shards`)")
-    return ShardLoader(config, expand_shards(config.train_shards), layout, rank, world_size)
+    image_shards = expand_shards(config.train_shards) if config.train_shards else []
+    video_shards = expand_shards(config.video_shards) if config.video_shards else []
+    return ShardLoader(config, image_shards, layout, rank, world_size, video_shards)
 
 
 def iter_samples(shards: str | Sequence[str], image_size: int | ImageGeometry, latents: bool = False,
-                 counter: SkipCounter | None = None, classes: ClassCaptions | None = None) -> Iterator[DecodedSample]:
+                 counter: SkipCounter | None = None, classes: ClassCaptions | None = None,
+                 video: VideoSampling | None = None) -> Iterator[DecodedSample]:
     """Every usable sample of `shards`, in order, decoded in this process (eval, latent caching).
     `classes` captions class-labelled samples (KEY.cls without a caption), as in training
     (`DataConfig.class_captions()`); without it they are skipped as missing_class_names. `image_size`
     is an int (square crops) or the model's `ImageGeometry` (`ModelConfig.image_geometry()`)."""
     counter = counter or SkipCounter()
     for raw in iter_shards(expand_shards(shards), counter):
-        decoded = decode_sample(raw, image_size, counter, latents=latents, classes=classes)
+        decoded = decode_sample(raw, image_size, counter, latents=latents, classes=classes, video=video)
         if decoded is not None:
             yield decoded

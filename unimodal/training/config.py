@@ -39,11 +39,30 @@ class TokenizerConfig:
     max_samples: int = 5000  # train-shard samples whose caption and QA text train it
 
 
+MEDIA = ("image", "video")  # synthetic.media: the still shapes world, the moving-shapes world
+
+
+@dataclass
+class SyntheticVideoConfig:
+    """The moving-shapes world's splits (`unimodal.data.motion`), written when synthetic.media has "video"."""
+
+    num_train: int = 20000
+    num_eval: int = 500
+    num_heldout: int = 500
+    # unimodal.data.motion.MotionConfig fields; image_size comes from model.image_size, num_frames and
+    # fps from data.num_frames / data.video_fps. Saved as motion.json beside the shards and in the export.
+    world: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class SyntheticConfig:
     """Synthetic-world shards written before training when they are missing (the tiny main job)."""
 
     enabled: bool = False
+    # Which worlds: "image" (still scenes, <shards>/{train,eval,heldout}, read by data.train_shards) and/or
+    # "video" (moving shapes, <shards>/video/{train,eval,heldout}, read by data.video_shards).
+    media: list[str] = field(default_factory=lambda: ["image"])
+    video: SyntheticVideoConfig = field(default_factory=SyntheticVideoConfig)
     output_dir: str | None = None  # None = <run folder>/shards; relative paths resolve against the cwd
     num_train: int = 20000
     num_eval: int = 500
@@ -58,6 +77,9 @@ class SyntheticConfig:
     canvases: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
+        self.media = list(self.media)
+        if not self.media or len(set(self.media)) != len(self.media) or any(m not in MEDIA for m in self.media):
+            raise ValueError(f"synthetic.media must list one or both of {MEDIA}, got {self.media}")
         if self.canvases is not None:
             if not self.canvases or any(len(c) != 2 or min(c) < 12 for c in self.canvases):
                 raise ValueError(f"synthetic.canvases must be a non-empty list of [width, height] pairs of >= 12 "
@@ -163,6 +185,9 @@ class RunEvalConfig:
     # <run>/eval, data (shards suite) = the sample shards, world_config = the export's world.json; progress
     # bars also need logging.progress_bar.
     final: EvalConfig = field(default_factory=EvalConfig)
+    # A second runner pass on the export after `final`, e.g. {suite: video} when a run trains images and
+    # clips together; out_dir defaults to <run>/eval/<suite>. null = none.
+    final_video: EvalConfig | None = None
     # In-training shapes-suite metrics (eval/* in metrics.jsonl) every N steps from the EMA
     # weights; 0 = never. Needs synthetic.enabled.
     every: int = 0
@@ -232,6 +257,9 @@ class RunConfig:
             raise ValueError(f"ema.decay must lie in [0, 1), got {self.ema.decay}")
         if self.eval.every < 0 or (self.eval.every > 0 and not self.synthetic.enabled):
             raise ValueError(f"eval.every={self.eval.every}: in-training eval needs synthetic.enabled and every >= 0")
+        if self.eval.every > 0 and "image" not in self.synthetic.media:
+            raise ValueError("eval.every: the in-training eval is the still shapes suite; it needs \"image\" in "
+                             "synthetic.media (evaluate clips at the end with eval.final.suite=video)")
         if self.eval.every > 0 and self.eval.num_samples < 2:
             raise ValueError(f"eval.num_samples must be >= 2 (half seen, half held-out scenes), got {self.eval.num_samples}")
         if self.logging.sample_every < -1:
@@ -329,6 +357,12 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
             raise ValueError(f"data.image_resize must be 'square' or 'native', got {data['image_resize']!r}")
         model_values["image_resize"] = data["image_resize"]
     values["model"] = model_values
+    synthetic = values.get("synthetic") or {}
+    # A run that reads clips records their length and rate in the model, as caption/answer sample
+    # video files alike (ModelConfig.num_frames / video_fps).
+    if data.get("video_shards") or (synthetic.get("enabled") and "video" in (synthetic.get("media") or [])):
+        model_values["num_frames"] = data.get("num_frames", DataConfig.num_frames)
+        model_values["video_fps"] = data.get("video_fps", DataConfig.video_fps)
     model = _build(ModelConfig, model_values, "model")
     data.setdefault("image_resize", model.image_resize)
     data.setdefault("image_size", model.image_size)

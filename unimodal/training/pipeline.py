@@ -22,6 +22,8 @@ from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.samples import sample_caption
 from unimodal.data.shards import expand_shards, iter_shards
 from unimodal.data.skips import SkipCounter
+from unimodal.data.motion import MotionConfig
+from unimodal.data.motion_shards import write_motion_shards
 from unimodal.data.synthetic import WorldConfig
 from unimodal.data.tasks import qa_pairs
 from unimodal.data.write_shards import write_synthetic_shards
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "eval", "heldout")
 TOKENIZER_DIR = "tokenizer"
 WORLD_FILE = "world.json"  # the name unimodal.evaluation.run looks for in an export folder
+MOTION_FILE = "motion.json"  # the moving-shapes world, likewise (the video suite)
 
 
 # -------------------------------------------------------------------------------------- shards
@@ -44,18 +47,27 @@ def synthetic_dir(config: RunConfig) -> Path:
     return Path(config.synthetic.output_dir) if config.synthetic.output_dir else config.run_dir / "shards"
 
 
+def video_dir(config: RunConfig) -> Path:
+    """Where the moving-shapes splits live: <synthetic folder>/video."""
+    return synthetic_dir(config) / "video"
+
+
 def resolve_shards(config: RunConfig) -> None:
-    """Point empty shard settings at the synthetic splits (train for training, eval for grids)."""
+    """Point empty shard settings at the synthetic splits (train for training, eval for grids): the
+    still world's for data.train_shards, the moving-shapes world's for data.video_shards."""
     if not config.synthetic.enabled:
-        if not config.data.train_shards:
+        if not config.data.train_shards and not config.data.video_shards:
             raise ValueError("data.train_shards is empty and synthetic.enabled is false: point data.train_shards "
-                             "at shards (a brace pattern, a folder of .tar files or a list), or enable synthetic")
+                             "(or data.video_shards) at shards (a brace pattern, a folder of .tar files or a list), "
+                             "or enable synthetic")
         return
-    root = synthetic_dir(config)
-    if not config.data.train_shards:
-        config.data.train_shards = str(root / "train")
+    media = config.synthetic.media
+    if "image" in media and not config.data.train_shards:
+        config.data.train_shards = str(synthetic_dir(config) / "train")
+    if "video" in media and not config.data.video_shards:
+        config.data.video_shards = str(video_dir(config) / "train")
     if config.logging.sample_shards is None:
-        config.logging.sample_shards = str(root / "eval")
+        config.logging.sample_shards = str((synthetic_dir(config) if "image" in media else video_dir(config)) / "eval")
 
 
 def world_config(config: RunConfig) -> WorldConfig:
@@ -68,19 +80,39 @@ def world_json(config: RunConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(world_config(config))))
 
 
-def write_world_file(config: RunConfig, folder: Path) -> Path:
-    """world.json (WorldConfig fields) into `folder`, written atomically."""
-    path = folder / WORLD_FILE
-    tmp = path.with_name(f".{WORLD_FILE}.tmp")
-    tmp.write_text(json.dumps(world_json(config), indent=2))
+def motion_config(config: RunConfig) -> MotionConfig:
+    """The moving-shapes world of the run: `synthetic.video.world` at the model's image size and the
+    data's clip length and frame rate."""
+    return MotionConfig.from_dict({**config.synthetic.video.world, "image_size": config.model.image_size,
+                                   "num_frames": config.data.num_frames, "fps": config.data.video_fps})
+
+
+def motion_json(config: RunConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(motion_config(config))))
+
+
+def _write_json(path: Path, values: dict) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def write_world_file(config: RunConfig, folder: Path) -> list[Path]:
+    """world.json (WorldConfig fields) and/or motion.json (MotionConfig fields) of the run's
+    synthetic media into `folder`, each written atomically; unimodal.evaluation reads them there."""
+    written = []
+    if "image" in config.synthetic.media:
+        written.append(_write_json(folder / WORLD_FILE, world_json(config)))
+    if "video" in config.synthetic.media:
+        written.append(_write_json(folder / MOTION_FILE, motion_json(config)))
+    return written
 
 
 SPLIT_FILE = "split.json"  # beside a written split's shards: its sample count, seed and canvases if set
 
 
-def check_split(folder: Path, wanted: dict, split: str) -> None:
+def check_split(folder: Path, wanted: dict, split: str, section: str = "synthetic.") -> None:
     """Raise ValueError when an existing split was written with another sample count, seed or set of
     canvases (e.g. by a short trial run in the same run folder), instead of silently training on it."""
     record = folder / SPLIT_FILE
@@ -93,48 +125,63 @@ def check_split(folder: Path, wanted: dict, split: str) -> None:
         if "canvases" in found or "canvases" in wanted:  # None: the model's square image_size
             found_on, wanted_on = f" on canvases {found.get('canvases')}", f", synthetic.canvases={wanted.get('canvases')}"
         raise ValueError(f"{folder} holds {found['num_samples']} samples of seed {found['seed']}{found_on}, but the "
-                         f"config asks for synthetic.{key}={wanted['num_samples']}, synthetic.seed={wanted['seed']}"
+                         f"config asks for {section}{key}={wanted['num_samples']}, synthetic.seed={wanted['seed']}"
                          f"{wanted_on}: use another name=... (or synthetic.output_dir) or delete {folder.parent}")
 
 
 def ensure_synthetic_shards(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> None:
-    """Write each missing synthetic split with `write_synthetic_shards` (rank 0; the others wait).
+    """Write each missing synthetic split (rank 0; the others wait): the still world's with
+    `write_synthetic_shards` and/or the moving-shapes world's with `write_motion_shards`.
 
     A split is written into a hidden staging folder and renamed when complete, so an interrupted
     write is redone rather than half-used. Raises ValueError when the folder holds another world's
-    shards (and whatever `write_synthetic_shards` raises).
+    shards, or a split of another count or seed (and whatever the writers raise).
     """
     if not config.synthetic.enabled:
         return
-    syn, root = config.synthetic, synthetic_dir(config)
-    counts = {"train": syn.num_train, "eval": syn.num_eval, "heldout": syn.num_heldout}
-    if is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        world_file = root / WORLD_FILE
-        if world_file.is_file() and json.loads(world_file.read_text()) != world_json(config):
-            raise ValueError(f"{root} holds shards of another synthetic world ({world_file}); point "
-                             "synthetic.output_dir elsewhere or delete that folder")
-        write_world_file(config, root)
+    syn = config.synthetic
+    if is_main and "image" in syn.media:
+        extra = {} if syn.canvases is None else {"canvases": [list(canvas) for canvas in syn.canvases]}
         world = world_config(config)
-        for split in SPLITS:
-            final = root / split
-            wanted = {"num_samples": counts[split], "seed": syn.seed}
-            if syn.canvases is not None:  # absent otherwise, so square folders written before canvases still match
-                wanted["canvases"] = [list(canvas) for canvas in syn.canvases]
-            if final.is_dir():
-                check_split(final, wanted, split)
-                continue
-            if counts[split] <= 0:
-                continue
-            staging = root / f".{split}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            log.info("writing %d synthetic %s samples to %s", counts[split], split, final)
-            summary = write_synthetic_shards(staging, counts[split], seed=syn.seed, split=split, world_config=world,
-                                             canvases=syn.canvases, max_count=syn.samples_per_shard, progress=False)
-            log.info("%s", summary)
-            (staging / SPLIT_FILE).write_text(json.dumps(wanted))
-            os.replace(staging, final)
+        _ensure_splits(synthetic_dir(config), WORLD_FILE, world_json(config), "synthetic.",
+                       {"train": syn.num_train, "eval": syn.num_eval, "heldout": syn.num_heldout}, syn.seed, extra,
+                       lambda out, count, split: write_synthetic_shards(
+                           out, count, seed=syn.seed, split=split, world_config=world, canvases=syn.canvases,
+                           max_count=syn.samples_per_shard, progress=False))
+    if is_main and "video" in syn.media:
+        motion = motion_config(config)
+        _ensure_splits(video_dir(config), MOTION_FILE, motion_json(config), "synthetic.video.",
+                       {"train": syn.video.num_train, "eval": syn.video.num_eval, "heldout": syn.video.num_heldout},
+                       syn.seed, {}, lambda out, count, split: write_motion_shards(
+                           out, count, seed=syn.seed, split=split, motion_config=motion,
+                           max_count=syn.samples_per_shard, progress=False))
     barrier()
+
+
+def _ensure_splits(root: Path, world_file: str, world: dict, section: str, counts: dict[str, int], seed: int,
+                   extra: dict, write: Callable[[Path, int, str], object]) -> None:
+    """The splits of one world under `root`, its settings in `root/world_file` (`section` names the
+    config keys in messages; `extra` is recorded in split.json, e.g. the canvases)."""
+    root.mkdir(parents=True, exist_ok=True)
+    settings = root / world_file
+    if settings.is_file() and json.loads(settings.read_text()) != world:
+        raise ValueError(f"{root} holds shards of another synthetic world ({settings}); point "
+                         "synthetic.output_dir elsewhere or delete that folder")
+    _write_json(settings, world)
+    for split in SPLITS:
+        final = root / split
+        wanted = {"num_samples": counts[split], "seed": seed, **extra}
+        if final.is_dir():
+            check_split(final, wanted, split, section)
+            continue
+        if counts[split] <= 0:
+            continue
+        staging = root / f".{split}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("writing %d %s samples to %s", counts[split], split, final)
+        log.info("%s", write(staging, counts[split], split))
+        (staging / SPLIT_FILE).write_text(json.dumps(wanted))
+        os.replace(staging, final)
 
 
 # ------------------------------------------------------------------------------------ tokenizer
@@ -164,16 +211,18 @@ def shard_texts(spec: str | list[str], max_samples: int, classes: ClassCaptions 
 
 def load_tokenizer(config: RunConfig, is_main: bool, barrier: Callable[[], None]) -> Tokenizer:
     """A given `.model` is used as is; otherwise the run folder's tokenizer, trained there (by
-    rank 0) on the training shards' text the first time."""
+    rank 0) the first time on the text of the first `tokenizer.max_samples` samples of each training
+    shard set (data.train_shards, data.video_shards)."""
     if config.tokenizer.path:
         return Tokenizer.from_file(config.tokenizer.path)
     folder = config.run_dir / TOKENIZER_DIR
     if is_main and not (folder / "tokenizer.model").is_file():
-        texts = list(shard_texts(config.data.train_shards, config.tokenizer.max_samples,
-                                 config.data.class_captions()))
+        texts = [text for spec in (config.data.train_shards, config.data.video_shards) if spec  # images' and clips' words
+                 for text in shard_texts(spec, config.tokenizer.max_samples, config.data.class_captions())]
         if not texts:
-            raise ValueError(f"no caption text found in data.train_shards={config.data.train_shards!r} to train a "
-                             "tokenizer; pass tokenizer.path to a sentencepiece .model instead")
+            raise ValueError(f"no caption text found in data.train_shards={config.data.train_shards!r} (or "
+                             f"data.video_shards) to train a tokenizer; pass tokenizer.path to a sentencepiece .model "
+                             "instead")
         log.info("training a %d-token tokenizer on %d texts from the train shards", config.tokenizer.vocab_size,
                  len(texts))
         Tokenizer.train(texts, vocab_size=config.tokenizer.vocab_size).save_pretrained(folder)
@@ -183,7 +232,7 @@ def load_tokenizer(config: RunConfig, is_main: bool, barrier: Callable[[], None]
 
 # ---------------------------------------------------------------------------------- data loader
 def build_loader(config: RunConfig, tokenizer: Tokenizer, rank: int, world_size: int):
-    layout = SequenceLayout(tokenizer, config.model.input_patch_size(config.data.latents))
+    layout = SequenceLayout.for_model(tokenizer, config.model, config.data.latents)
     return build_train_loader(config.data, tokenizer, layout, rank, world_size)
 
 
@@ -195,8 +244,8 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     if count <= 0:
         return None
     try:
-        samples = list(islice(iter_samples(spec, config.model.image_geometry(), classes=config.data.class_captions()),
-                              count))
+        samples = list(islice(iter_samples(spec, config.model.image_geometry(), classes=config.data.class_captions(),
+                                           video=config.data.video_sampling()), count))
     except ValueError as error:  # no shards there
         log.warning("no sample grids: %s", error)
         return None
@@ -207,5 +256,6 @@ def sample_set(config: RunConfig) -> SampleSet | None:
     sizes = [tuple(image.shape[-2:]) for image in images]
     square = (config.model.image_size, config.model.image_size)
     varied = not config.logging.sample_prompts and any(size != square for size in sizes)
+    clips = [image.shape[1] for image in images if image.dim() == 4]  # frames of the clips among the samples
     return SampleSet(prompts=prompts[:count], images=images, references=references,
-                     sizes=sizes[:count] if varied else None)
+                     sizes=sizes[:count] if varied else None, num_frames=clips[0] if clips else None)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from unimodal.api import UniModal
-from unimodal.images import image_grid, to_pil
+from unimodal.images import frame_strip, image_grid, to_pil
 from unimodal.model import UniModalModel
 from unimodal.tokenizer import Tokenizer
 
@@ -28,9 +29,10 @@ class SampleSet:
     """What every grid of a run shows."""
 
     prompts: list[str]  # generation prompts
-    images: list[torch.Tensor]  # N × (3, H, W) pixels in [-1, 1] to caption (sizes may differ)
+    images: list[torch.Tensor]  # N × (3, H, W) pixels in [-1, 1] (or clips (3, F, H, W)) to caption (sizes may differ)
     references: list[str]  # the true captions of `images`
     sizes: list[tuple[int, int]] | None = None  # (height, width) per prompt; None = the model's size
+    num_frames: int | None = None  # generate clips of this many frames (None = images)
 
 
 class SampleWriter:
@@ -53,6 +55,8 @@ class SampleWriter:
         """One image per prompt: at the model's size in one call, or, when the prompts carry sizes
         (an aspect model's sample captions), one call per size, so every canvas is drawn."""
         options = dict(num_steps=self.num_steps, guidance_scale=self.guidance_scale)
+        if self.samples.num_frames is not None:
+            options["num_frames"] = self.samples.num_frames
         if not self.samples.sizes:
             return api.generate(self.samples.prompts, seed=self.seed, **options)
         images: list = [None] * len(self.samples.prompts)
@@ -75,14 +79,26 @@ class SampleWriter:
             if self.samples.prompts:
                 generated = self._generate(api)
                 path = stem.with_name(stem.name + "_generate.png")
-                image_grid(generated, self.samples.prompts, max_label_lines=5).save(path)
+                _grid(generated, self.samples.prompts, 5).save(path)
                 written["generate"], texts["prompts"] = str(path), self.samples.prompts
             if len(self.samples.images):
-                captions = api.caption([(im + 1) / 2 for im in self.samples.images])  # [-1, 1] -> the API's [0, 1]
+                # [-1, 1] -> the API's [0, 1]; a clip (3, F, H, W) goes in as its frames (F, 3, H, W)
+                captions = api.caption([(im.transpose(0, 1) if im.dim() == 4 else im) / 2 + 0.5
+                                        for im in self.samples.images])
                 labels = [f"model: {c} / true: {r}" for c, r in zip(captions, self.samples.references)]
                 path = stem.with_name(stem.name + "_caption.png")
-                image_grid([to_pil(im[None])[0] for im in self.samples.images], labels, max_label_lines=7).save(path)
+                shown = [to_pil(im.transpose(0, 1)) if im.dim() == 4 else to_pil(im[None])[0] for im in self.samples.images]
+                _grid(shown, labels, 7).save(path)
                 written["caption"] = str(path)
                 texts["captions"], texts["references"] = captions, self.samples.references
         stem.with_suffix(".json").write_text(json.dumps(texts, indent=2))
         return written
+
+
+def _grid(items: list, labels: list[str], max_label_lines: int):
+    """A labelled grid of images, or of clips (lists of frames) drawn as frame strips two to a row."""
+    if items and isinstance(items[0], list):
+        strips = [frame_strip([frame.resize((frame.width * 2, frame.height * 2), Image.NEAREST) for frame in clip]) for clip in items]
+        return image_grid(strips, labels, cell_size=max(s.width for s in strips), columns=2,
+                          max_label_lines=max_label_lines)
+    return image_grid(items, labels, max_label_lines=max_label_lines)

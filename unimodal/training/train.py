@@ -207,40 +207,50 @@ def warn_if_config_changed(checkpoint_dir: Path, config: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------------------ after training
-def eval_config(config: RunConfig, export_dir: Path) -> EvalConfig:
-    """`eval.final` with what the run fills in when unset: out_dir <run>/eval, the sample shards and
-    data.class_names (with its template) for the shards suite, the export's world.json; no progress
-    bars without logging.progress_bar."""
-    final = config.eval.final
-    world = export_dir / pipeline.WORLD_FILE
+def eval_config(config: RunConfig, export_dir: Path, final: EvalConfig | None = None) -> EvalConfig:
+    """`final` (default `eval.final`) with what the run fills in when unset: out_dir <run>/eval (a
+    second pass, `eval.final_video`: <run>/eval/<suite>), the sample shards and data.class_names (with
+    its template) for the shards suite, the export's world.json (motion.json for the video suite); no
+    progress bars without logging.progress_bar."""
+    second = final is not None
+    final = final or config.eval.final
+    world = export_dir / (pipeline.MOTION_FILE if final.suite == "video" else pipeline.WORLD_FILE)
     data = final.data
     if final.suite == "shards" and not data:
         data = str(config.logging.sample_shards or config.data.train_shards)
     if final.suite == "shards" and final.class_names is None and config.data.class_names is not None:
         final = dataclasses.replace(final, class_names=config.data.class_names,
                                     class_caption_template=config.data.class_caption_template)
-    return dataclasses.replace(final, data=data, out_dir=final.out_dir or str(config.run_dir / "eval"),
+    out_dir = final.out_dir or str(config.run_dir / "eval" / (final.suite if second else ""))
+    return dataclasses.replace(final, data=data, out_dir=out_dir.rstrip("/"),
                                world_config=final.world_config or (str(world) if world.is_file() else None),
                                progress=final.progress and config.logging.progress_bar)
 
 
 def run_eval(config: RunConfig, export_dir: Path, metrics_path: Path, step: int) -> Path | None:
-    """`unimodal.evaluation.run.run_suite` on the export (rank 0), if eval is enabled; its headline numbers are
-    also appended to metrics.jsonl as eval/* at the final step. A usage error (missing shards or
-    feature file) is logged and the run still finishes."""
+    """`unimodal.evaluation.run.run_suite` on the export (rank 0), if eval is enabled: `eval.final`, then
+    `eval.final_video` when set; their headline numbers are also appended to metrics.jsonl as eval/*
+    (eval/<suite>/* for the second) at the final step. A usage error (missing shards or feature file)
+    is logged and the run still finishes. Returns the first pass's folder."""
     if not config.eval.enabled:
         return None
-    suite = eval_config(config, export_dir)
-    try:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = run_suite(UniModal.from_pretrained(export_dir, device=device), suite)
-    except (ValueError, FileNotFoundError) as error:
-        log.error("evaluation failed: %s (settings: %s)", error, suite)
-        return None
-    numbers = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not k.startswith("num_")}
-    with open(metrics_path, "a") as handle:
-        handle.write(json.dumps({"step": step, **numbers}) + "\n")
-    return Path(suite.out_dir)
+    passes = [(eval_config(config, export_dir), "eval/")]
+    if config.eval.final_video is not None:
+        second = eval_config(config, export_dir, config.eval.final_video)
+        passes.append((second, f"eval/{second.suite}/"))
+    first = None
+    for suite, prefix in passes:
+        try:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            result = run_suite(UniModal.from_pretrained(export_dir, device=device), suite)
+        except (ValueError, FileNotFoundError) as error:
+            log.error("evaluation failed: %s (settings: %s)", error, suite)
+            continue
+        numbers = {f"{prefix}{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not k.startswith("num_")}
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps({"step": step, **numbers}) + "\n")
+        first = first or Path(suite.out_dir)
+    return first
 
 
 def finish(run: Run) -> dict[str, str]:
