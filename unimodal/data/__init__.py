@@ -28,6 +28,7 @@ Command lines (each module has `main(argv=None)`)::
 
     python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 --split train
     python -m unimodal.data.write_shards folder --out DIR --images IMAGES --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards videos --out DIR --videos VIDEOS --captions captions.csv|jsonl
     python -m unimodal.data.write_shards hf --out DIR --dataset-path DIR --image-column image --text-column text
     python -m unimodal.data.cache_latents --shards PATTERN --out DIR --codec vae --vae-path VAE --image-size 256
     # in Python: unimodal.data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary

@@ -389,12 +389,13 @@ def build_train_loader(config: DataConfig, tokenizer: Tokenizer, layout: Sequenc
 
 
 def iter_samples(shards: str | Sequence[str], image_size: int | ImageGeometry, latents: bool = False,
-                 counter: SkipCounter | None = None, classes: ClassCaptions | None = None,
+                 counter: SkipCounter | None = None, classes: ClassCaptions | None = None, *,
                  video: VideoSampling | None = None) -> Iterator[DecodedSample]:
     """Every usable sample of `shards`, in order, decoded in this process (eval, latent caching).
     `classes` captions class-labelled samples (KEY.cls without a caption), as in training
     (`DataConfig.class_captions()`); without it they are skipped as missing_class_names. `image_size`
-    is an int (square crops) or the model's `ImageGeometry` (`ModelConfig.image_geometry()`)."""
+    is an int (square crops) or the model's `ImageGeometry` (`ModelConfig.image_geometry()`). Clips
+    are sampled by `video` (None: `VideoSampling()`, 8 frames at 10 fps) into (3, F, H, W) tensors."""
     counter = counter or SkipCounter()
     for raw in iter_shards(expand_shards(shards), counter):
         decoded = decode_sample(raw, image_size, counter, latents=latents, classes=classes, video=video)

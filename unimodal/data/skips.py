@@ -16,7 +16,9 @@ logger = logging.getLogger("data")
 
 # Reasons, one word each, as they appear in `ShardLoader.skipped` and the writer's summary.
 CORRUPT_IMAGE = "corrupt_image"  # image bytes that PIL cannot decode
-MISSING_IMAGE = "missing_image"  # a sample with no KEY.png|jpg|jpeg|webp (or a missing file when writing)
+MISSING_IMAGE = "missing_image"  # no image (KEY.png|jpg|...) and no clip (KEY.gif|mp4|...|frames.npy); writing: a missing file
+CORRUPT_VIDEO = "corrupt_video"  # clip bytes that cannot be decoded (or, when writing, a file of no known video type)
+SHORT_CLIP = "short_clip"  # a clip shorter than the num_frames / fps seconds its sampled window needs
 MISSING_CAPTION = "missing_caption"  # no non-empty KEY.txt, nor a KEY.json "caption"/"captions", nor a KEY.cls
 MISSING_CLASS_NAMES = "missing_class_names"  # a KEY.cls (and no caption) but no DataConfig.class_names to name it
 BAD_CLASS = "bad_class"  # a KEY.cls that is not an integer

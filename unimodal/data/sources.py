@@ -1,9 +1,11 @@
 """Sample sources for the shard writer: the synthetic world, an image folder with a captions file,
-and a Hugging Face `datasets` dataset saved on local disk.
+a video folder with a captions file, and a Hugging Face `datasets` dataset saved on local disk.
 
-Each source yields `ShardSample`s (already-encoded image bytes, caption, optional JSON metadata) or
-`Skip`s (a reason from `unimodal.data.skips` and a detail), so the writer can count what it leaves out.
-Existing PNG/JPEG/WebP bytes are stored as they are (no re-encoding); other formats become PNG.
+Each source yields `ShardSample`s (already-encoded image or clip bytes, caption, optional JSON
+metadata) or `Skip`s (a reason from `unimodal.data.skips` and a detail), so the writer can count what
+it leaves out. Existing PNG/JPEG/WebP bytes are stored as they are (no re-encoding); other formats
+become PNG. Video files are stored byte for byte as KEY.<suffix> (gif, mp4, webm, mkv, mov, avi), and
+.npy frame arrays as KEY.frames.npy.
 Keys are running numbers: webdataset splits a file name at its first dot, so source file names
 (which may contain dots) go into the JSON as "source" instead.
 """
@@ -22,20 +24,22 @@ import numpy as np
 from PIL import Image
 
 from unimodal.images import open_image
+from unimodal.video import FRAMES_SUFFIX, VIDEO_SUFFIXES, read_frames_npy
 
 from . import skips
 from .synthetic import World
 
 PIL_FORMAT_SUFFIX = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}  # stored without re-encoding
 IMAGE_FIELDS = ("file", "image", "filename", "file_name", "path", "image_path")  # tried in order
+VIDEO_FIELDS = ("file", "video", "filename", "file_name", "path", "video_path")  # tried in order
 TEXT_FIELDS = ("caption", "text")
 
 
 @dataclass
 class ShardSample:
     key: str  # no dots (webdataset key rule)
-    image: bytes  # encoded image
-    image_suffix: str  # "png" | "jpg" | "webp"
+    image: bytes  # encoded image, or a clip: a video file's bytes or pre-decoded frames (.npy)
+    image_suffix: str  # "png" | "jpg" | "webp", or a clip's: one of unimodal.video.VIDEO_SUFFIXES | "frames.npy"
     text: str
     metadata: dict[str, Any] | None = None  # stored as KEY.json when given
 
@@ -153,7 +157,66 @@ def folder_source(images_dir: str | Path, captions_file: str | Path, image_field
     return generate(), len(rows)
 
 
-# ---- (c) a Hugging Face dataset saved with save_to_disk ----
+# ---- (c) a video folder plus a captions file ----
+def checked_clip(name: str, data: bytes, where: str) -> tuple[bytes, str] | Skip:
+    """(bytes, suffix) of a clip file named `name`: a video file (`VIDEO_SUFFIXES`, any case) is kept
+    byte for byte under its lowercased suffix, unchecked (decoding needs the reader's sampling; the
+    reader counts corrupt_video / short_clip); a .npy file must load as frames (`read_frames_npy`:
+    (F, H, W, 3) or (F, H, W) uint8) and is stored as `FRAMES_SUFFIX`. Another suffix, or a .npy of
+    anything else, is a `corrupt_video` Skip."""
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if suffix in VIDEO_SUFFIXES:
+        return data, suffix
+    if suffix != "npy":
+        return Skip(skips.CORRUPT_VIDEO, f"{where}: not a video file (.{suffix}); expected one of "
+                                         f"{', '.join('.' + s for s in VIDEO_SUFFIXES)} or .npy frames")
+    try:
+        read_frames_npy(data, None)
+    except ValueError as exn:
+        return Skip(skips.CORRUPT_VIDEO, f"{where}: {exn}")
+    return data, FRAMES_SUFFIX
+
+
+def videos_source(videos_dir: str | Path, captions_file: str | Path, video_field: str | None = None,
+                  text_field: str | None = None) -> tuple[Iterator[ShardSample | Skip], int]:
+    """(samples, count) from `captions_file` rows (CSV with a header, or JSONL) naming clips under
+    `videos_dir`, as `folder_source` does for images: the clip is `checked_clip`'s (a video file
+    byte for byte, or .npy frames); a missing file is a missing_image Skip, an empty caption a
+    missing_caption Skip. Other fields of a row are kept in KEY.json, plus "source": the clip path
+    as written in the row. Raises ValueError for a missing folder or captions file, no rows, or no
+    video / text field (default names: `VIDEO_FIELDS`, `TEXT_FIELDS`).
+    """
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise ValueError(f"videos folder {videos_dir} does not exist")
+    rows = read_captions_file(captions_file)
+    if not rows:
+        raise ValueError(f"captions file {captions_file} has no rows")
+    video_field = _pick_field(list(rows[0]), video_field, VIDEO_FIELDS, "video", str(captions_file))
+    text_field = _pick_field(list(rows[0]), text_field, TEXT_FIELDS, "text", str(captions_file))
+
+    def generate() -> Iterator[ShardSample | Skip]:
+        for index, row in enumerate(rows):
+            name = str(row.get(video_field) or "")
+            path = videos_dir / name
+            text = row.get(text_field)
+            if not isinstance(text, str) or not text.strip():
+                yield Skip(skips.MISSING_CAPTION, f"{path}")
+                continue
+            if not name or not path.is_file():
+                yield Skip(skips.MISSING_IMAGE, f"{path}")
+                continue
+            checked = checked_clip(name, path.read_bytes(), f"{path}")
+            if isinstance(checked, Skip):
+                yield checked
+                continue
+            extra = {k: v for k, v in row.items() if k not in (video_field, text_field)}
+            yield ShardSample(f"{index:09d}", checked[0], checked[1], text.strip(), {"source": name, **extra})
+
+    return generate(), len(rows)
+
+
+# ---- (d) a Hugging Face dataset saved with save_to_disk ----
 def hf_source(dataset_path: str | Path, image_column: str = "image", text_column: str = "text",
               split: str | None = None, extra_columns: Sequence[str] = ()) -> tuple[Iterator[ShardSample | Skip], int]:
     """(samples, count) from a local `datasets` dataset (no network: it is read with load_from_disk).

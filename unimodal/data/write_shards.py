@@ -1,8 +1,9 @@
-"""Write webdataset tar shards (KEY.png|jpg|webp, KEY.txt, optional KEY.json) from a sample source.
+"""Write webdataset tar shards (KEY.png|jpg|webp or a clip, KEY.txt, optional KEY.json) from a sample source.
 
     python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 [--split train]
         [--canvases 32x32 48x24 24x48]
     python -m unimodal.data.write_shards folder --out shards/mine --images DIR --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards videos --out shards/clips --videos DIR --captions captions.csv|jsonl
     python -m unimodal.data.write_shards hf --out shards/hf --dataset-path DIR --image-column image --text-column text
 
 Shards are named `<prefix>-000000.tar`, ... (prefix: the split for the synthetic world, "shard"
@@ -26,7 +27,17 @@ import webdataset as wds
 from tqdm import tqdm
 
 from .skips import SkipCounter
-from .sources import IMAGE_FIELDS, ShardSample, Skip, encode_png, folder_source, hf_source, synthetic_source
+from .sources import (
+    IMAGE_FIELDS,
+    VIDEO_FIELDS,
+    ShardSample,
+    Skip,
+    encode_png,
+    folder_source,
+    hf_source,
+    synthetic_source,
+    videos_source,
+)
 from .synthetic import SPLITS, World, WorldConfig
 
 FIXED_MTIME = 0  # reproducible tar files; an int, as a float mtime costs a PAX header per file
@@ -205,6 +216,13 @@ def _parser() -> argparse.ArgumentParser:
     folder.add_argument("--image-field", default=None,
                         help=f"column naming the image (default: the first of {', '.join(IMAGE_FIELDS)})")
     folder.add_argument("--text-field", default=None, help="column holding the caption (default: caption or text)")
+    videos = sub.add_parser("videos", parents=[common], help="a video folder plus a CSV/JSONL captions file")
+    videos.add_argument("--videos", required=True, help="folder the captions file's video paths are relative to")
+    videos.add_argument("--captions", required=True, help="CSV (with header) or JSONL file, one row per clip")
+    videos.add_argument("--video-field", default=None,
+                        help=f"column naming the clip: a video file or .npy frames (default: the first of "
+                             f"{', '.join(VIDEO_FIELDS)})")
+    videos.add_argument("--text-field", default=None, help="column holding the caption (default: caption or text)")
     hf = sub.add_parser("hf", parents=[common], help="a Hugging Face datasets dataset saved with save_to_disk")
     hf.add_argument("--dataset-path", required=True)
     hf.add_argument("--image-column", default="image")
@@ -246,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.source == "folder":
             source, total = folder_source(args.images, args.captions, args.image_field, args.text_field)
+        elif args.source == "videos":
+            source, total = videos_source(args.videos, args.captions, args.video_field, args.text_field)
         else:
             source, total = hf_source(args.dataset_path, args.image_column, args.text_column, args.split,
                                       args.extra_columns)
