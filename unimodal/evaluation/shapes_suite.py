@@ -53,15 +53,18 @@ QUESTION_KINDS = (("how many", "count"), ("what colour", "colour"), ("what shape
                   ("what size", "size"), ("where", "position"), ("is there", "exists"))
 
 
-def question_kind(question: str) -> str:
-    """The category of a synthetic-world question ("count", "colour", ..., or "other")."""
+def question_kind(question: str, kinds: Sequence[tuple[str, str]] = QUESTION_KINDS) -> str:
+    """The category of a synthetic-world question ("count", "colour", ..., or "other"): the kind of
+    the first (prefix, kind) of `kinds` whose prefix opens the question (case and leading blanks
+    ignored); `kinds` defaults to the still world's, the video suite passes the motion world's."""
     text = question.strip().lower()
-    return next((kind for prefix, kind in QUESTION_KINDS if text.startswith(prefix)), "other")
+    return next((kind for prefix, kind in kinds if text.startswith(prefix)), "other")
 
 
-def select_qa(sample: SyntheticSample, index: int, qa_per_image: int, world_seed: int) -> list[dict[str, str]]:
+def select_qa(sample: SyntheticSample | Any, index: int, qa_per_image: int, world_seed: int) -> list[dict[str, str]]:
     """`qa_per_image` of the sample's QA pairs (all when 0 or when it has fewer), in their order;
-    the choice depends only on (world_seed, index), so every evaluation asks the same questions."""
+    the choice depends only on (world_seed, index), so every evaluation asks the same questions.
+    `sample`: anything with a `.qa` list of {"question", "answer"} (a still scene or a motion clip)."""
     if qa_per_image == 0 or qa_per_image >= len(sample.qa):
         return list(sample.qa)
     rng = np.random.default_rng([world_seed, index, 1])
