@@ -2,7 +2,8 @@
 the cached text prefix. Prints one JSON line.
 
     python benchmarks/sampling.py --preset tiny --threads 2 --repeats 3
-    python benchmarks/sampling.py --num-frames 8 --patch-frames 8 --decode-batch-sizes --steps 8 25   # clips
+    python benchmarks/sampling.py --num-frames 8 --patch-frames 8 --prediction sample --denoise-head mlp \
+        --decode-batch-sizes 1 --steps 8 25                      # clips as the video job makes them
 
 The model is random (speed does not depend on the weights). Decoding is forced to exactly
 `--new-tokens` tokens by passing an <eos> id that no token can match, so both paths do the same work.
@@ -13,11 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import device_name
 from unimodal.api import UniModal
 from unimodal.codecs import build_codec
 from unimodal.config import ModelConfig
@@ -97,6 +103,7 @@ def bench_sampling(api: UniModal, batch_size: int, steps: list[int], guidance: f
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--hidden-size", type=int, default=192, help="the main and video jobs' width")
     parser.add_argument("--vocab-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -108,13 +115,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-frames", type=int, default=None, help="sample clips of this many frames (default: images)")
     parser.add_argument("--patch-frames", type=int, default=1, help="frames per patch (ModelConfig.patch_frames)")
+    parser.add_argument("--prediction", default="velocity", help="ModelConfig.prediction (the video job: sample)")
+    parser.add_argument("--denoise-head", default="linear", help="ModelConfig.denoise_head (the video job: mlp)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    api = build(args.preset, args.vocab_size, patch_frames=args.patch_frames).to(args.device)
+    api = build(args.preset, args.vocab_size, patch_frames=args.patch_frames, prediction=args.prediction,
+                denoise_head=args.denoise_head, hidden_size=args.hidden_size).to(args.device)
     result = {"benchmark": "sampling", "preset": args.preset, "num_parameters": api.model.num_parameters(),
-              "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+              "device": device_name(args.device),
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-              "repeats": args.repeats, "patch_frames": args.patch_frames, "load_average_before": round(os.getloadavg()[0], 2),
+              "repeats": args.repeats, "patch_frames": args.patch_frames, "prediction": args.prediction,
+              "denoise_head": args.denoise_head, "hidden_size": args.hidden_size,
+              "load_average_before": round(os.getloadavg()[0], 2),
               "decode_new_tokens": args.new_tokens, "decode_prompt_tokens": api.config.num_image_tokens + 3,
               "decode_cache": ("static buffer (unimodal.decode_step)" if StaticKVDecoder.supports(api.model.decoder)
                                else "transformers DynamicCache")}

@@ -217,3 +217,18 @@ def test_config_validation():
     crowded = MotionWorld(MotionConfig(image_size=16, size=0.5, speed=1.0, num_frames=3, min_shapes=2))
     with pytest.raises(ValueError, match="could not place"):
         crowded.sample(0)
+
+
+def test_lanes_place_shapes_on_the_grid_and_free_anywhere():
+    """Lanes: a still shape in one of the 9 cells, a mover in one of 3 lanes on the centred track; free: many starts."""
+    lanes, free = MotionWorld(MotionConfig()), MotionWorld(MotionConfig(positions="free"))
+    starts = {"lanes": set(), "free": set()}
+    for name, world in (("lanes", lanes), ("free", free)):
+        for index in range(200):
+            sample = world.sample(index)
+            starts[name] |= {(o.direction, *map(int, track[0])) for o, track in zip(sample.objects, sample.tracks)}
+    by_direction = {d: {s[1:] for s in starts["lanes"] if s[0] == d} for d in ("still", "left", "right", "up", "down")}
+    assert len(by_direction["still"]) == 9 and all(len(by_direction[d]) == 3 for d in ("left", "right", "up", "down"))
+    assert len(starts["free"]) > 100
+    with pytest.raises(ValueError, match="positions"):
+        MotionConfig(positions="grid")

@@ -92,8 +92,9 @@ def test_an_image_is_the_clip_of_its_frame_repeated(tokenizer, video_config):
     assert_close(image_back, clip_back.mean(1))
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_clip_sampling_batched_equals_alone_and_cached_equals_uncached(tokenizer, video_config, use_cache):
+@pytest.mark.parametrize("use_cache,prediction", [(True, "velocity"), (False, "velocity"), (True, "sample")])
+def test_clip_sampling_batched_equals_alone_and_cached_equals_uncached(tokenizer, video_config, use_cache, prediction):
+    video_config.prediction = prediction
     model = build(video_config)
     layout = SequenceLayout.for_model(tokenizer, video_config, latents=True)
     process = make_process(video_config)
@@ -114,3 +115,28 @@ def test_codec_runs_clips_frame_by_frame():
     assert [tuple(e.shape) for e in encoded] == [tuple(i.shape) for i in items]
     clips = torch.stack([items[0], items[2]])
     assert_close(decode_batch(codec, clips), clips.clamp(-1, 1))
+
+
+def test_x_prediction_gives_the_velocity_and_its_loss():
+    """prediction="sample": the true x0 turns into the true velocity, and the weighted error on x0 is
+    the error on the velocity it implies (JiT's x-prediction with a v-loss)."""
+    from unimodal.diffusion import SAMPLE_MIN_TIME, FlowMatching
+
+    process = FlowMatching(prediction="sample")
+    x0, noise = torch.randn(3, 3, 4, 8, 8), torch.randn(3, 3, 4, 8, 8)
+    t = torch.tensor([0.9, 0.3, 0.01])
+    x_t = process.add_noise(x0, noise, t)
+    velocity = process.scheduler_output(x0, x_t, t)
+    assert_close(velocity[:2], (noise - x0)[:2], atol=1e-5, rtol=1e-5)
+    guess = x0 + 0.1 * torch.randn_like(x0)
+    v_error = (process.scheduler_output(guess, x_t, t) - process.scheduler_output(x0, x_t, t)).pow(2).mean((1, 2, 3, 4))
+    x_error = (guess - x0).pow(2).mean((1, 2, 3, 4)) * process.loss_weight(t)
+    assert_close(v_error, x_error, atol=1e-4, rtol=1e-4)
+    assert_close(process.loss_weight(t)[2], torch.tensor(SAMPLE_MIN_TIME ** -2))  # the divisor is clipped near t = 0
+    assert torch.equal(process.target(x0, noise, t), x0)
+    assert torch.equal(FlowMatching().loss_weight(t), torch.ones(3))
+
+
+def test_x_prediction_needs_the_flow_objective():
+    with pytest.raises(ValueError, match="prediction"):
+        ModelConfig.preset("debug", objective="ddpm", prediction="sample")

@@ -23,6 +23,7 @@ IMAGE_ROPE_MODES = ("sequence", "shared")
 POSITION_GRIDS = ("interpolated", "centered")  # unimodal.embeddings.position_coordinates
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")  # unimodal.attention
 IMAGE_RESIZE_MODES = ("square", "native")  # unimodal.images.ImageGeometry
+PREDICTIONS = ("velocity", "sample")  # unimodal.diffusion.FlowMatching
 
 
 @dataclass
@@ -66,6 +67,9 @@ class ModelConfig:
     # and its predictions averaged over them on the way out (unimodal.embeddings).
     patch_frames: int = 1
     patch_adapter: str = "linear"  # "linear" (Transfusion default) or "mlp"
+    # The denoise head's output layer: "linear" (DiT) or "mlp", for patches that hold more values than
+    # the model is wide (unimodal.embeddings.DenoiseHead; a clip's temporal patches).
+    denoise_head: str = "linear"
     # 2-D sin-cos positions of an item's patches (unimodal.embeddings.position_coordinates):
     # "interpolated" stretches every grid to the training grid (DiT/SD3 base_size); "centered" gives
     # one unit per patch around the item's centre. Interpolated generalised better to a canvas never
@@ -82,6 +86,10 @@ class ModelConfig:
     objective: str = "flow"  # "flow" (rectified flow, velocity target) or "ddpm" (noise prediction)
     time_sampling: str = "logit_normal"  # SD3's choice for rectified flow
     time_shift: float = 1.0  # SD3 resolution shift of the sampling/training time; 1 = none
+    # What the denoise head predicts (flow): "velocity" (ε − x0) or "sample" (x0, trained with the loss
+    # on the velocity it implies: JiT, Li & He 2025). "sample" denoises patches wider than the model
+    # (a clip's temporal patches), where "velocity" leaves noise (unimodal.diffusion.FlowMatching).
+    prediction: str = "velocity"
     lm_loss_weight: float = 1.0
     denoise_loss_weight: float = 5.0  # Transfusion's lambda
     # Images that precede their caption are noised at most this much (Transfusion: t <= 0.5 helps
@@ -136,10 +144,12 @@ class ModelConfig:
             "objective": OBJECTIVES,
             "time_sampling": TIME_SAMPLINGS,
             "patch_adapter": ("linear", "mlp"),
+            "denoise_head": ("linear", "mlp"),
             "attn_implementation": ("sdpa",),
             "attention": ATTENTION_BACKENDS,
             "position_grid": POSITION_GRIDS,
             "image_resize": IMAGE_RESIZE_MODES,
+            "prediction": PREDICTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -150,6 +160,8 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.prediction == "sample" and self.objective != "flow":
+            raise ValueError("ModelConfig.prediction='sample' is for objective='flow' (DDPM predicts the noise)")
         if not math.isfinite(self.video_fps):
             raise ValueError(f"ModelConfig.video_fps must be a finite number of frames per second, got {self.video_fps}")
         if self.num_frames > 1 and self.num_frames % self.patch_frames:

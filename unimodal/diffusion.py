@@ -21,14 +21,30 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
+SAMPLE_MIN_TIME = 0.05  # x-prediction: v̂ = (x_t − x̂0) / max(t, this), JiT's clip of the divisor
+
+
+def _per_item(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
 class FlowMatching:
-    """Rectified flow: x_t = (1 − t)·x0 + t·ε; the network predicts the velocity v = ε − x0."""
+    """Rectified flow: x_t = (1 − t)·x0 + t·ε, sampled along the velocity v = ε − x0.
+
+    `prediction="velocity"`: the network predicts v. `"sample"`: it predicts the clean x0, turned
+    into v̂ = (x_t − x̂0) / max(t, SAMPLE_MIN_TIME) for the sampler, and trained with the loss on v
+    (x-prediction with a v-loss: JiT, Li & He 2025, "Back to Basics: Let Denoising Generative Models
+    Denoise", §4). A clean image lies near a low-dimensional manifold and noise does not, so
+    x-prediction still denoises when a patch holds more values than the model is wide (a clip's
+    8-frame patches: 384 values into a width of 192), where v-prediction leaves noise behind.
+    """
 
     schedulers = ("euler", "dpmsolver++")
 
-    def __init__(self, time_sampling: str = "logit_normal", time_shift: float = 1.0):
+    def __init__(self, time_sampling: str = "logit_normal", time_shift: float = 1.0, prediction: str = "velocity"):
         self.time_sampling = time_sampling
         self.time_shift = time_shift
+        self.prediction = prediction
 
     def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         """(num,) training times in (0, 1): logit-normal (SD3) or uniform, then shifted."""
@@ -44,7 +60,21 @@ class FlowMatching:
         return (1 - t) * x0 + t * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return noise - x0
+        return x0 if self.prediction == "sample" else noise - x0
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """(N,) weight of each item's squared error: 1, or for x-prediction 1 / max(t, SAMPLE_MIN_TIME)²,
+        which makes the error on x̂0 the error on the velocity v̂ = (x_t − x̂0) / max(t, ·)."""
+        if self.prediction == "sample":
+            return t.clamp(min=SAMPLE_MIN_TIME).pow(-2)
+        return torch.ones_like(t)
+
+    def scheduler_output(self, pred: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the scheduler steps with (the velocity) from the network's prediction at `sample` = x_t,
+        times `t` (R,), one per item."""
+        if self.prediction == "sample":
+            return (sample - pred) / _per_item(t.clamp(min=SAMPLE_MIN_TIME), sample)
+        return pred
 
     def make_scheduler(self, name: str = "euler"):
         """A diffusers scheduler whose `step(model_output, timestep, sample)` takes our velocity."""
@@ -90,6 +120,12 @@ class DDPMProcess:
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise
 
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def scheduler_output(self, pred: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return pred
+
     def make_scheduler(self, name: str = "ddim"):
         common = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
                       prediction_type="epsilon")
@@ -107,7 +143,7 @@ class DDPMProcess:
 
 def make_process(config: ModelConfig) -> FlowMatching | DDPMProcess:
     if config.objective == "flow":
-        return FlowMatching(config.time_sampling, config.time_shift)
+        return FlowMatching(config.time_sampling, config.time_shift, config.prediction)
     return DDPMProcess(config.time_shift)
 
 

@@ -215,15 +215,23 @@ class PatchEmbed(nn.Module):
 
 class DenoiseHead(nn.Module):
     """Backbone states at media positions -> per-patch prediction, modulated by the noise level
-    (DiT's adaLN final layer; zero-initialised so training starts from predicting zero)."""
+    (DiT's adaLN final layer; zero-initialised so training starts from predicting zero).
+
+    `denoise_head="linear"` projects each state onto the patch values, so a patch wider than the
+    model (a clip's 8-frame patches: 384 values from 192) can only hold predictions in a subspace of
+    the model's width; "mlp" (linear, GELU, linear through 4× the width) has no such limit."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         width = config.hidden_size
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.proj = nn.Linear(width, config.patch_dim)
-        for layer in (self.modulation[1], self.proj):
+        if config.denoise_head == "mlp":
+            self.proj = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, config.patch_dim))
+            last = self.proj[-1]
+        else:
+            self.proj = last = nn.Linear(width, config.patch_dim)
+        for layer in (self.modulation[1], last):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -237,20 +237,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def frame_strip(frames: Sequence[Image.Image], gap: int = 1) -> Image.Image:
-    """A clip for people: its frames side by side, left to right, `gap` px of white between them."""
-    if len(frames) == 0:
-        raise ValueError("frame_strip needs at least one frame")
-    frames = [frame.convert("RGB") for frame in frames]
-    height = max(frame.height for frame in frames)
-    strip = Image.new("RGB", (sum(frame.width for frame in frames) + gap * (len(frames) - 1), height), BACKGROUND)
-    x = 0
-    for frame in frames:
-        strip.paste(frame, (x, 0))
-        x += frame.width + gap
-    return strip
-
-
 def _label_font(size: int = LABEL_FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # scalable default font (Pillow >= 10.1)

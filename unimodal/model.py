@@ -76,7 +76,8 @@ class UniModalModel(nn.Module):
         embeds = self.decoder.get_input_embeddings()(input_ids)  # (B, T, D)
         if len(images) == 0:
             return embeds, embeds.new_zeros(0, embeds.shape[-1])
-        tokens, time = self.patch_embed(patchify_items(images, self.config.patch_size, self.config.patch_frames), grids, timesteps)
+        patches = patchify_items(images, self.config.patch_size, self.config.patch_frames)  # (S, E)
+        tokens, time = self.patch_embed(patches, grids, timesteps)
         rows, columns = self.patch_positions(image_rows, image_starts, grids)
         embeds = embeds.index_put((rows, columns), tokens.to(embeds.dtype))
         return embeds, time

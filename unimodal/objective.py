@@ -30,6 +30,7 @@ class Noised:
     images: list[torch.Tensor]  # N items (C, H, W), noised
     timesteps: torch.Tensor  # (N,) t in [0, 1]; 0 = clean
     targets: list[torch.Tensor]  # N items (C, H, W): what the denoise head must predict
+    weights: torch.Tensor | None = None  # (N,) weight of each item's squared error (the process's loss_weight)
 
 
 @dataclass
@@ -70,9 +71,12 @@ class Objective:
             drawn, t = drawn.to(x0), timesteps[group]
             for row, (x, y) in enumerate(zip(self.process.add_noise(x0, drawn, t), self.process.target(x0, drawn, t))):
                 noised[group[row]], targets[group[row]] = x, y
-        return Noised(noised, timesteps, targets)
+        return Noised(noised, timesteps, targets, self.process.loss_weight(timesteps))
 
-    def losses(self, output: UniModalOutput, batch: Batch, targets: Sequence[torch.Tensor] | None) -> Losses:
+    def losses(self, output: UniModalOutput, batch: Batch, targets: Sequence[torch.Tensor] | None,
+               weights: torch.Tensor | None = None) -> Losses:
+        """The losses of one batch; `weights` (N,) scale each item's squared error (`Noised.weights`:
+        1 for velocity prediction; None = 1)."""
         cfg = self.config
         num_lm_tokens = int((batch.lm_labels != IGNORE_INDEX).sum())
         logits = output.lm_logits
@@ -88,6 +92,8 @@ class Objective:
             sizes = batch.image_grids.prod(-1)
             per_item = torch.zeros(batch.num_images, device=per_patch.device).index_add(
                 0, patch_owner(batch.image_grids), per_patch) / sizes  # (N,)
+            if weights is not None:
+                per_item = per_item * weights.to(per_item.device)
             denoise_loss = per_item[is_target].mean()
         loss = cfg.lm_loss_weight * lm_loss + cfg.denoise_loss_weight * denoise_loss
         return Losses(lm_loss, denoise_loss, loss, num_lm_tokens, num_targets)

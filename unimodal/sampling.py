@@ -168,6 +168,7 @@ def sample_latents(model: UniModalModel, layout: SequenceLayout, process, texts:
             pred = model.predict_denoise(hidden, time, batch.image_rows, batch.image_starts, grids)
         pred = unpatchify_like(pred.view(rows, num_tokens, -1), model_input, model.config.patch_size,
                                model.config.patch_frames).to(dtype)
+        pred = process.scheduler_output(pred, model_input, t)  # what the scheduler steps with (x-prediction: v̂)
         if guided:
             conditional, unconditional = pred.chunk(2)
             pred = unconditional + guidance_scale * (conditional - unconditional)

@@ -276,18 +276,42 @@ def _frame_hw(frame: Any) -> tuple[int, int]:
     raise ValueError(f"a frame must be (H, W), (H, W, C) or (C, H, W); got shape {shape}")
 
 
-def as_clip_frames(clip: ClipSource, fps: float = DEFAULT_FPS) -> list[Image.Image]:
+def is_clip(item: Any) -> bool:
+    """Whether an input of the Python API is a clip rather than an image: a list or tuple (of frames);
+    an array or tensor of 4 dims with more than one frame ((1, C, H, W) stays an image); a path or the
+    bytes of a video file (by its suffix), or of an animated image with more than one frame."""
+    if isinstance(item, (list, tuple)):
+        return True
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return item.ndim == 4 and item.shape[0] > 1
+    if isinstance(item, (str, os.PathLike)):
+        suffix = Path(item).suffix.lower().lstrip(".")
+        if suffix in VIDEO_SUFFIXES and suffix not in PILLOW_SUFFIXES:
+            return True
+        source: Any = item
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(item))
+    else:
+        return False
+    try:
+        with Image.open(source) as image:
+            return getattr(image, "n_frames", 1) > 1
+    except (OSError, ValueError):  # not an image Pillow reads: a video file for read_video (or a clear error there)
+        return isinstance(item, (bytes, bytearray, memoryview))
+
+
+def as_clip_frames(clip: ClipSource, num_frames: int | None = None, fps: float = DEFAULT_FPS) -> list[Image.Image]:
     """A clip in any form the Python API accepts -> its frames as RGB PIL images.
 
     - a list / tuple of frames: PIL images (any mode, converted by `open_image`), (H, W, 3) uint8
       arrays, or image paths / bytes;
     - a numpy array or torch tensor (F, 3, H, W) or (F, H, W, 3), uint8 or float in [0, 1] (the
       float rule of `to_model_tensor`: values beyond rounding outside [0, 1] are a ValueError);
-    - a path or the bytes of a video file: `read_video(clip, num_frames=None, fps=fps)`, every frame.
+    - a path or the bytes of a video file: `read_video(clip, num_frames, fps)` (None: every frame).
     Raises TypeError for other types or dtypes, ValueError for other shapes or no frames.
     """
     if isinstance(clip, (str, os.PathLike, bytes, bytearray, memoryview)):
-        return [Image.fromarray(frame) for frame in read_video(clip, None, fps)]
+        return [Image.fromarray(frame) for frame in read_video(clip, num_frames, fps)]
     if isinstance(clip, (np.ndarray, torch.Tensor)):
         return [Image.fromarray(frame) for frame in _clip_array_hwc(clip)]
     if not isinstance(clip, (list, tuple)):

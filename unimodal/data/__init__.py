@@ -1,4 +1,5 @@
-"""Data for unimodal: webdataset shards, the synthetic shapes world, its checker, the training reader.
+"""Data for unimodal: webdataset shards, the synthetic shapes worlds (still and moving) and their checkers,
+the training reader.
 
 Entry points
 ------------
@@ -28,13 +29,15 @@ Command lines (each module has `main(argv=None)`)::
 
     python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 --split train
     python -m unimodal.data.write_shards folder --out DIR --images IMAGES --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards motion --out DIR --num-samples 20000 --split train   # moving shapes, GIF clips
     python -m unimodal.data.write_shards videos --out DIR --videos VIDEOS --captions captions.csv|jsonl
     python -m unimodal.data.write_shards hf --out DIR --dataset-path DIR --image-column image --text-column text
     python -m unimodal.data.cache_latents --shards PATTERN --out DIR --codec vae --vae-path VAE --image-size 256
     # in Python: unimodal.data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary
     # (the CLI modules are not imported here, so `python -m unimodal.data.<module>` runs them cleanly)
 
-Modules: synthetic (world, captions, QA), checker (read scenes back), sources + write_shards (writer),
+Modules: synthetic (world, captions, QA), checker (read scenes back), motion (the moving-shapes world
+and its checker), motion_shards (its shard writer), sources + write_shards (writer),
 shards (tar reading), samples (decoding), tasks (task mixture), reader (loader), skips (counting),
 cache_latents, config (DataConfig). This package imports the core library; the core never imports it.
 Needs webdataset (the `train` or `eval` extra).

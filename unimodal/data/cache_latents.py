@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, load_class_captions
-from .reader import iter_samples
-from .samples import LATENT_SUFFIX, DecodedSample
 from unimodal.codecs import encode_items
 from unimodal.video import VideoSampling
 
+from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, load_class_captions
+from .reader import iter_samples
+from .samples import LATENT_SUFFIX, DecodedSample
 from .skips import SkipCounter
 from .sources import ShardSample
 from .write_shards import WriteSummary, write_shards
@@ -79,8 +79,9 @@ def cache_latents(shards: str | Sequence[str], out_dir: str | Path, codec: Any, 
 
     Unusable input samples (corrupt image, no caption, unreadable shard) are skipped, logged and
     reported in the summary's `skipped`. Clips are sampled by `video` (`unimodal.video.VideoSampling`,
-    default 8 frames at 10 fps) and encoded frame by frame into (C, F, h, w) latents. `classes` captions class-labelled samples (KEY.cls without
-    a caption) as training does; the written latent shards then hold that caption as KEY.txt.
+    default 8 frames at 10 fps) and encoded frame by frame into (C, F, h, w) latents. `classes`
+    captions class-labelled samples (KEY.cls without a caption) as training does; the written latent
+    shards then hold that caption as KEY.txt.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

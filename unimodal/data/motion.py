@@ -61,6 +61,21 @@ def _round(values: np.ndarray | float) -> np.ndarray:
     return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
 
 
+POSITION_MODES = ("lanes", "free")  # MotionConfig.positions
+MAX_DIRECTION_DRAWS = 20  # directions drawn again when a clip's tracks cannot be placed
+
+
+def _lanes(allowed: np.ndarray, extent: int, side: int, step: int) -> np.ndarray:
+    """The lane starts along one axis among `allowed` (those that keep the track on the canvas): the
+    centres of the three thirds across a mover's axis or for a still shape (`step` 0), the one start
+    that centres the track along it."""
+    if step == 0:
+        wanted = [extent * (2 * k + 1) / 6 - side / 2 for k in range(3)]
+    else:
+        wanted = [(allowed[0] + allowed[-1]) / 2]
+    return np.unique([allowed[np.abs(allowed - w).argmin()] for w in wanted])
+
+
 @dataclass
 class MotionConfig:
     """What clips look like; the defaults fit 2 moving shapes on a 32 px canvas over 8 frames."""
@@ -78,6 +93,11 @@ class MotionConfig:
     size: float = 0.28  # shape side as a fraction of the canvas's shorter side (9 px at 32 px)
     speed: float = 2.0  # pixels per frame of a moving shape (a mover travels speed * (num_frames - 1) px)
     directions: tuple[str, ...] = DIRECTIONS  # drawn uniformly per object
+    # Where shapes go: "lanes" = in the still world's 3x3 grid: a still shape centred in a cell, a
+    # mover centred in a row (left/right) or column (up/down) lane on a track centred on the canvas;
+    # "free" = any start that keeps the track on the canvas. Lanes give a few canonical placements, as
+    # the still world has, which a tiny model learns to draw in minutes; free placements it does not.
+    positions: str = "lanes"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, (int, np.integer)):
@@ -101,6 +121,8 @@ class MotionConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"MotionConfig.positions must be one of {POSITION_MODES}, got {self.positions!r}")
         for name in ("num_frames", "min_shapes", "max_shapes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -373,7 +395,15 @@ class MotionWorld:
             colour, shape = pool[int(rng.integers(len(pool)))]
             direction = cfg.directions[int(rng.integers(len(cfg.directions)))]
             objects.append(MovingObject(shape, colour, direction))
-        tracks = self._place([o.direction for o in objects], rng, f"{split} clip {index} (seed {seed})")
+        for attempt in range(MAX_DIRECTION_DRAWS):  # with lanes, some direction mixes of 3 shapes cannot be placed
+            try:
+                tracks = self._place([o.direction for o in objects], rng, f"{split} clip {index} (seed {seed})")
+                break
+            except ValueError:
+                if attempt == MAX_DIRECTION_DRAWS - 1:
+                    raise
+                objects = [o._replace(direction=cfg.directions[int(rng.integers(len(cfg.directions)))])
+                           for o in objects]
         order = np.argsort([list(cfg.colours).index(o.colour) for o in objects], kind="stable")
         return [objects[i] for i in order], tracks[order], rng
 
@@ -385,6 +415,8 @@ class MotionWorld:
         sx, sy = DIRECTION_STEPS[direction]
         xs = np.arange(reach if sx < 0 else 0, width - side - (reach if sx > 0 else 0) + 1)
         ys = np.arange(reach if sy < 0 else 0, height - side - (reach if sy > 0 else 0) + 1)
+        if cfg.positions == "lanes":
+            xs, ys = _lanes(xs, width, side, sx), _lanes(ys, height, side, sy)
         starts = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
         # Distance rounded before the sign is applied, so leftward and rightward movers travel alike.
         offsets = _round(np.arange(cfg.num_frames) * cfg.speed)[:, None] * np.array([sx, sy])  # (F, 2)

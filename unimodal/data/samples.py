@@ -78,8 +78,8 @@ def decode_clip(data: bytes, suffix: str, image_size: int | ImageGeometry, video
 
 def decode_latent(data: bytes) -> torch.Tensor:
     array = np.load(io.BytesIO(data), allow_pickle=False)
-    if array.ndim != 3:
-        raise ValueError(f"a latent must be (C, h, w), got shape {array.shape}")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"a latent must be (C, h, w), or (C, F, h, w) for a clip, got shape {array.shape}")
     return torch.from_numpy(array.astype(np.float32, copy=False))
 
 

@@ -3,6 +3,7 @@
     python -m unimodal.data.write_shards synthetic --out shards/train --num-samples 20000 --seed 0 [--split train]
         [--canvases 32x32 48x24 24x48]
     python -m unimodal.data.write_shards folder --out shards/mine --images DIR --captions captions.csv|jsonl
+    python -m unimodal.data.write_shards motion --out shards/video/train --num-samples 20000 [--split train]
     python -m unimodal.data.write_shards videos --out shards/clips --videos DIR --captions captions.csv|jsonl
     python -m unimodal.data.write_shards hf --out shards/hf --dataset-path DIR --image-column image --text-column text
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import webdataset as wds
 from tqdm import tqdm
 
+from .motion import MotionConfig
 from .skips import SkipCounter
 from .sources import (
     IMAGE_FIELDS,
@@ -216,6 +218,12 @@ def _parser() -> argparse.ArgumentParser:
     folder.add_argument("--image-field", default=None,
                         help=f"column naming the image (default: the first of {', '.join(IMAGE_FIELDS)})")
     folder.add_argument("--text-field", default=None, help="column holding the caption (default: caption or text)")
+    motion = sub.add_parser("motion", parents=[common], help="the synthetic moving-shapes world (GIF clips)")
+    motion.add_argument("--num-samples", type=int, required=True)
+    motion.add_argument("--seed", type=int, default=0)
+    motion.add_argument("--split", choices=sorted(SPLITS), default="train",
+                        help="train/eval: no held-out combos; heldout: only clips with a held-out combo")
+    motion.add_argument("--world-config", default=None, help="JSON or YAML file of MotionConfig fields")
     videos = sub.add_parser("videos", parents=[common], help="a video folder plus a CSV/JSONL captions file")
     videos.add_argument("--videos", required=True, help="folder the captions file's video paths are relative to")
     videos.add_argument("--captions", required=True, help="CSV (with header) or JSONL file, one row per clip")
@@ -241,12 +249,17 @@ def _canvas(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _load_world_config(path: str | None, image_size: int | None) -> WorldConfig:
-    values = {}
-    if path:
-        import yaml  # JSON is YAML too
+def _load_mapping(path: str | None) -> dict:
+    """The fields in a JSON or YAML file ({} without one)."""
+    if not path:
+        return {}
+    import yaml  # JSON is YAML too
 
-        values = yaml.safe_load(Path(path).read_text()) or {}
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _load_world_config(path: str | None, image_size: int | None) -> WorldConfig:
+    values = _load_mapping(path)
     if image_size is not None:
         values["image_size"] = image_size
     return WorldConfig.from_dict(values)
@@ -261,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = write_synthetic_shards(args.out, args.num_samples, args.seed, args.split,
                                          _load_world_config(args.world_config, args.image_size),
                                          canvases=args.canvases, **options)
+    elif args.source == "motion":
+        from .motion_shards import write_motion_shards  # motion_shards builds on this module's writer
+
+        summary = write_motion_shards(args.out, args.num_samples, args.seed, args.split,
+                                      MotionConfig.from_dict(_load_mapping(args.world_config)), **options)
     else:
         if args.source == "folder":
             source, total = folder_source(args.images, args.captions, args.image_field, args.text_field)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from unimodal.data.motion import clip_frames
 from unimodal.images import image_grid
+from unimodal.video import save_video
 
 # ---------------------------------------------------------------------------------------------
 # metrics.json
@@ -139,8 +140,7 @@ def save_gif(frames: Any, path: str | Path, fps: float = 10.0, scale: int = 1) -
         frames = [f.resize((f.width * scale, f.height * scale), Image.NEAREST) for f in frames]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-    return path
+    return save_video(frames, path, fps)
 
 
 # ---------------------------------------------------------------------------------------------

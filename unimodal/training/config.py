@@ -472,7 +472,10 @@ def _build(cls, values: Any, path: str):
     for name, value in values.items():
         sub = _dataclass_of(hints[name])
         dotted = f"{path}.{name}".lstrip(".")
-        built[name] = _build(sub, value, dotted) if sub is not None else _coerce(value, hints[name], dotted)
+        if sub is not None and value is None and type(None) in typing.get_args(hints[name]):
+            built[name] = None  # an optional section left out (e.g. eval.final_video: null)
+        else:
+            built[name] = _build(sub, value, dotted) if sub is not None else _coerce(value, hints[name], dotted)
     try:
         return config_from_dict(cls, built)
     except (TypeError, ValueError) as error:

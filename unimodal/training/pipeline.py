@@ -18,12 +18,12 @@ from itertools import islice
 from pathlib import Path
 
 from unimodal.data.classes import CLASS_SUFFIX, ClassCaptions, class_caption
+from unimodal.data.motion import MotionConfig
+from unimodal.data.motion_shards import write_motion_shards
 from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.samples import sample_caption
 from unimodal.data.shards import expand_shards, iter_shards
 from unimodal.data.skips import SkipCounter
-from unimodal.data.motion import MotionConfig
-from unimodal.data.motion_shards import write_motion_shards
 from unimodal.data.synthetic import WorldConfig
 from unimodal.data.tasks import qa_pairs
 from unimodal.data.write_shards import write_synthetic_shards

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from unimodal.api import UniModal
-from unimodal.images import frame_strip, image_grid, to_pil
+from unimodal.evaluation.report import frame_strip
+from unimodal.images import image_grid, to_pil
 from unimodal.model import UniModalModel
 from unimodal.tokenizer import Tokenizer
 
@@ -96,9 +96,11 @@ class SampleWriter:
 
 
 def _grid(items: list, labels: list[str], max_label_lines: int):
-    """A labelled grid of images, or of clips (lists of frames) drawn as frame strips two to a row."""
+    """A labelled grid of images, or of clips (lists of frames) drawn as frame strips, each frame
+    64 px tall, two strips to a row."""
     if items and isinstance(items[0], list):
-        strips = [frame_strip([frame.resize((frame.width * 2, frame.height * 2), Image.NEAREST) for frame in clip]) for clip in items]
-        return image_grid(strips, labels, cell_size=max(s.width for s in strips), columns=2,
-                          max_label_lines=max_label_lines)
+        strips = [frame_strip(clip) for clip in items]
+        height = 64
+        width = max(round(height * s.width / s.height) for s in strips)
+        return image_grid(strips, labels, cell_size=height, cell_width=width, columns=2, max_label_lines=max_label_lines)
     return image_grid(items, labels, max_label_lines=max_label_lines)

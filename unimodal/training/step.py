@@ -42,7 +42,7 @@ class TrainStep:
             latents = batch.images if self.latents_cached else encode_items(self.codec, batch.images)
         noised = self.objective.noise([latent.float() for latent in latents], batch.image_is_target, self.generator)
         output = self.engine.forward(batch.with_images(noised.images), noised.timesteps)
-        return self.objective.losses(output, batch, noised.targets)
+        return self.objective.losses(output, batch, noised.targets, noised.weights)
 
     def __call__(self, batch: Batch, skip: Callable[[Losses], bool] | None = None) -> tuple[Losses, bool]:
         """One micro-batch: losses, then backward and step unless `skip(losses)` says not to (the loop
