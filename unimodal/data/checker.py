@@ -37,20 +37,26 @@ from .synthetic import POSITION_PHRASES, POSITIONS, SceneObject, WorldConfig, sh
 ATTRIBUTES = ("count", "colour", "shape", "position", "size")
 
 
-def as_objects(objects: Iterable[SceneObject | Mapping[str, str]]) -> list[SceneObject]:
-    """Accept SceneObjects or their JSON dicts ({"shape", "colour", "size", "position"})."""
+def as_records(objects: Iterable[Any], kind: type) -> list:
+    """`kind` NamedTuples (SceneObject, MovingObject) from themselves or their JSON dicts. Raises
+    ValueError for a dict lacking a field, TypeError for anything else."""
     result = []
     for obj in objects:
-        if isinstance(obj, SceneObject):
+        if isinstance(obj, kind):
             result.append(obj)
         elif isinstance(obj, Mapping):
             try:
-                result.append(SceneObject(*(obj[k] for k in SceneObject._fields)))
+                result.append(kind(*(obj[k] for k in kind._fields)))
             except KeyError as exn:
-                raise ValueError(f"object {dict(obj)} lacks the field {exn}; need {SceneObject._fields}") from None
+                raise ValueError(f"object {dict(obj)} lacks the field {exn}; need {kind._fields}") from None
         else:
-            raise TypeError(f"expected a SceneObject or a dict, got {type(obj).__name__}")
+            raise TypeError(f"expected a {kind.__name__} or a dict, got {type(obj).__name__}")
     return result
+
+
+def as_objects(objects: Iterable[SceneObject | Mapping[str, str]]) -> list[SceneObject]:
+    """Accept SceneObjects or their JSON dicts ({"shape", "colour", "size", "position"})."""
+    return as_records(objects, SceneObject)
 
 
 def to_uint8_rgb(image: Any) -> np.ndarray:

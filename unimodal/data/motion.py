@@ -37,8 +37,8 @@ import torch
 
 from unimodal.config import config_from_dict
 
-from .checker import Checker, to_uint8_rgb
-from .synthetic import SPLITS, WorldConfig, shape_mask
+from .checker import Checker, as_records, to_uint8_rgb
+from .synthetic import SPLITS, WorldConfig, normalise_world_fields, shape_mask
 
 DIRECTIONS = ("left", "right", "up", "down", "still")
 # Caption phrase per direction; the inverse is used by `parse_motion_caption`.
@@ -100,17 +100,7 @@ class MotionConfig:
     positions: str = "lanes"
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, (int, np.integer)):
-            self.image_size = int(self.image_size)
-        else:
-            canvas = tuple(int(v) for v in self.image_size)
-            if len(canvas) != 2:
-                raise ValueError(f"MotionConfig.image_size must be an int or (width, height), got {self.image_size}")
-            self.image_size = canvas[0] if canvas[0] == canvas[1] else canvas
-        self.colours = {name: tuple(int(v) for v in rgb) for name, rgb in self.colours.items()}
-        self.shapes = tuple(self.shapes)
-        self.background = tuple(int(v) for v in self.background)
-        self.heldout = tuple(tuple(pair) for pair in self.heldout)
+        normalise_world_fields(self)
         self.directions = tuple(self.directions)
         self.validate()
 
@@ -285,18 +275,7 @@ def parse_motion_caption(caption: str, config: MotionConfig | None = None) -> li
 
 def as_moving_objects(objects: Iterable[MovingObject | Mapping[str, str]]) -> list[MovingObject]:
     """Accept MovingObjects or their JSON dicts ({"shape", "colour", "direction"})."""
-    result = []
-    for obj in objects:
-        if isinstance(obj, MovingObject):
-            result.append(obj)
-        elif isinstance(obj, Mapping):
-            try:
-                result.append(MovingObject(*(obj[k] for k in MovingObject._fields)))
-            except KeyError as exn:
-                raise ValueError(f"object {dict(obj)} lacks the field {exn}; need {MovingObject._fields}") from None
-        else:
-            raise TypeError(f"expected a MovingObject or a dict, got {type(obj).__name__}")
-    return result
+    return as_records(objects, MovingObject)
 
 
 def motion_question_answers(objects: Sequence[MovingObject], config: MotionConfig | None = None,

@@ -67,17 +67,7 @@ class WorldConfig:
     jitter: int = 0  # max random offset (px) of a shape inside its cell; 0 = canonical positions
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, (int, np.integer)):
-            self.image_size = int(self.image_size)
-        else:
-            canvas = tuple(int(v) for v in self.image_size)
-            if len(canvas) != 2:
-                raise ValueError(f"WorldConfig.image_size must be an int or (width, height), got {self.image_size}")
-            self.image_size = canvas[0] if canvas[0] == canvas[1] else canvas
-        self.colours = {name: tuple(int(v) for v in rgb) for name, rgb in self.colours.items()}
-        self.shapes = tuple(self.shapes)
-        self.background = tuple(int(v) for v in self.background)
-        self.heldout = tuple(tuple(pair) for pair in self.heldout)
+        normalise_world_fields(self)
         self.validate()
 
     @classmethod
@@ -157,6 +147,24 @@ class WorldConfig:
     @property
     def combos(self) -> list[tuple[str, str]]:
         return [(c, s) for c in self.colours for s in self.shapes]
+
+
+def normalise_world_fields(config) -> None:
+    """The fields the still and moving worlds share, as read from YAML/JSON: image_size an int or a
+    (width, height) tuple (a square pair as its int), colours/background as int triples, shapes and
+    held-out pairs as tuples. Raises ValueError for a canvas that is not one or two numbers."""
+    if isinstance(config.image_size, (int, np.integer)):
+        config.image_size = int(config.image_size)
+    else:
+        canvas = tuple(int(v) for v in config.image_size)
+        if len(canvas) != 2:
+            raise ValueError(f"{type(config).__name__}.image_size must be an int or (width, height), got "
+                             f"{config.image_size}")
+        config.image_size = canvas[0] if canvas[0] == canvas[1] else canvas
+    config.colours = {name: tuple(int(v) for v in rgb) for name, rgb in config.colours.items()}
+    config.shapes = tuple(config.shapes)
+    config.background = tuple(int(v) for v in config.background)
+    config.heldout = tuple(tuple(pair) for pair in config.heldout)
 
 
 class SceneObject(NamedTuple):
