@@ -12,14 +12,13 @@ from unimodal.data.motion import (
     DIRECTION_PHRASES,
     DIRECTION_STEPS,
     OPPOSITE_DIRECTIONS,
-    MotionChecker,
     MotionConfig,
     MotionWorld,
     MovingObject,
-    clip_frames,
     motion_caption,
     parse_motion_caption,
 )
+from unimodal.data.motion_checker import MotionChecker, clip_frames
 from unimodal.data.synthetic import World
 
 SPLIT_NAMES = ("train", "eval", "heldout")

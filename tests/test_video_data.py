@@ -10,7 +10,8 @@ import torch
 from unimodal.codecs import PixelCodec
 from unimodal.data.cache_latents import cache_latents
 from unimodal.data.config import DataConfig
-from unimodal.data.motion import MotionChecker, MotionConfig, MotionWorld
+from unimodal.data.motion import MotionConfig, MotionWorld
+from unimodal.data.motion_checker import MotionChecker
 from unimodal.data.motion_shards import write_motion_shards
 from unimodal.data.reader import build_train_loader, iter_samples
 from unimodal.data.synthetic import World

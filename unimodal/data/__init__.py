@@ -36,8 +36,8 @@ Command lines (each module has `main(argv=None)`)::
     # in Python: unimodal.data.write_shards.write_synthetic_shards(out_dir, num_samples, seed, split) -> WriteSummary
     # (the CLI modules are not imported here, so `python -m unimodal.data.<module>` runs them cleanly)
 
-Modules: synthetic (world, captions, QA), checker (read scenes back), motion (the moving-shapes world
-and its checker), motion_shards (its shard writer), sources + write_shards (writer),
+Modules: synthetic (world, captions, QA), checker (read scenes back), motion (the moving-shapes world),
+motion_checker (read clips back), motion_shards (its shard writer), sources + write_shards (writer),
 shards (tar reading), samples (decoding), tasks (task mixture), reader (loader), skips (counting),
 cache_latents, config (DataConfig). This package imports the core library; the core never imports it.
 Needs webdataset (the `train` or `eval` extra).

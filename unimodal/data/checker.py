@@ -213,17 +213,23 @@ class Checker:
         multiset of full (shape, colour, size, position) objects to match exactly (binding included).
         `object_accuracy` = matched full objects / max(#target, #detected), a partial credit.
         """
-        target = as_objects(target_objects)
-        detected = self.detect(image)
-        result: dict[str, Any] = {"count": len(detected) == len(target)}
-        for attribute in ATTRIBUTES[1:]:
-            result[attribute] = Counter(getattr(o, attribute) for o in detected) == Counter(
-                getattr(o, attribute) for o in target)
-        matched = sum((Counter(detected) & Counter(target)).values())
-        result["all_correct"] = Counter(detected) == Counter(target)
-        result["object_accuracy"] = matched / max(1, len(target), len(detected))
-        result["detected"] = [o._asdict() for o in detected]
-        return result
+        return score_objects(self.detect(image), as_objects(target_objects), ATTRIBUTES)
+
+
+def score_objects(detected: Sequence[Any], target: Sequence[Any], attributes: Sequence[str]) -> dict[str, Any]:
+    """Detected against target objects (NamedTuples): "count", then one bool per other attribute
+    comparing multisets (right even if objects are bound wrongly); "all_correct" (the multisets of
+    whole objects match), "object_accuracy" (matched whole objects / max(#target, #detected)) and
+    "detected" (their JSON dicts). `attributes[0]` is "count"."""
+    result: dict[str, Any] = {"count": len(detected) == len(target)}
+    for attribute in attributes[1:]:
+        result[attribute] = Counter(getattr(o, attribute) for o in detected) == Counter(
+            getattr(o, attribute) for o in target)
+    matched = sum((Counter(detected) & Counter(target)).values())
+    result["all_correct"] = Counter(detected) == Counter(target)
+    result["object_accuracy"] = matched / max(1, len(target), len(detected))
+    result["detected"] = [o._asdict() for o in detected]
+    return result
 
 
 # ---- captions ----
@@ -264,4 +270,4 @@ def check(image: Any, target: str | Sequence[SceneObject | Mapping[str, str]],
     return Checker(config).check(image, objects)
 
 
-__all__ = ["Checker", "check", "parse_caption", "as_objects", "to_uint8_rgb", "ATTRIBUTES"]
+__all__ = ["Checker", "check", "parse_caption", "as_objects", "as_records", "score_objects", "to_uint8_rgb", "ATTRIBUTES"]

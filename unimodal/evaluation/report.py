@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from unimodal.data.motion import clip_frames
+from unimodal.data.motion_checker import clip_frames
 from unimodal.images import image_grid
 from unimodal.video import save_video
 

@@ -24,7 +24,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from unimodal.data.motion import MOTION_ATTRIBUTES, MotionChecker, MotionConfig, MotionWorld
+from unimodal.data.motion import MOTION_ATTRIBUTES, MotionConfig, MotionWorld
+from unimodal.data.motion_checker import MotionChecker
 
 from .report import frame_strip, save_gif
 from .shapes_suite import question_kind, select_qa
