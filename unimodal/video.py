@@ -286,8 +286,8 @@ def is_clip(item: Any) -> bool:
         return item.ndim == 4 and item.shape[0] > 1
     if isinstance(item, (str, os.PathLike)):
         suffix = Path(item).suffix.lower().lstrip(".")
-        if suffix in VIDEO_SUFFIXES and suffix not in PILLOW_SUFFIXES:
-            return True
+        if suffix not in PILLOW_SUFFIXES:  # only these can animate: a JPEG path is not opened twice
+            return suffix in VIDEO_SUFFIXES
         source: Any = item
     elif isinstance(item, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(item))

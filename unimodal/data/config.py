@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unimodal.config import config_from_dict
+from unimodal.video import VideoSampling
 
 from .classes import CLASS_CAPTION_TEMPLATE, ClassCaptions, check_template, load_class_captions
 from .tasks import TASKS
@@ -92,10 +93,8 @@ class DataConfig:
             return layout.pack(examples, self.max_tokens_per_row, self.length_multiple, self.row_multiple)
         return layout.collate(examples, self.length_multiple)
 
-    def video_sampling(self):
+    def video_sampling(self) -> VideoSampling:
         """How clips are sampled (`unimodal.video.VideoSampling`)."""
-        from unimodal.video import VideoSampling
-
         return VideoSampling(self.num_frames, self.video_fps)
 
     def class_captions(self) -> ClassCaptions | None:
