@@ -86,6 +86,10 @@ class ModelConfig:
     objective: str = "flow"  # "flow" (rectified flow, velocity target) or "ddpm" (noise prediction)
     time_sampling: str = "logit_normal"  # SD3's choice for rectified flow
     time_shift: float = 1.0  # SD3 resolution shift of the sampling/training time; 1 = none
+    # The shift for clips (items of more than one frame; flow only); None = time_shift. A clip repeats its content
+    # over frames, so at one noise level more of it survives than of an image: SD3's argument for
+    # shifting larger inputs towards more noise (Esser et al. 2024, §5.3.2).
+    clip_time_shift: float | None = None
     # What the denoise head predicts (flow): "velocity" (ε − x0) or "sample" (x0, trained with the loss
     # on the velocity it implies: JiT, Li & He 2025). "sample" denoises patches wider than the model
     # (a clip's temporal patches), where "velocity" leaves noise (unimodal.diffusion.FlowMatching).
@@ -185,6 +189,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.condition_max_noise must lie in [0, 1], got {self.condition_max_noise}")
         if self.time_shift <= 0:
             raise ValueError(f"ModelConfig.time_shift must be positive, got {self.time_shift}")
+        shift = self.clip_time_shift
+        if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float))
+                                  or not math.isfinite(shift) or shift <= 0):
+            raise ValueError(f"ModelConfig.clip_time_shift must be a positive number or null, got {self.clip_time_shift!r}")
 
     # ---- (de)serialisation ----
     def to_dict(self) -> dict[str, Any]:

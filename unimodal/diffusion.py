@@ -41,19 +41,27 @@ class FlowMatching:
 
     schedulers = ("euler", "dpmsolver++")
 
-    def __init__(self, time_sampling: str = "logit_normal", time_shift: float = 1.0, prediction: str = "velocity"):
+    def __init__(self, time_sampling: str = "logit_normal", time_shift: float = 1.0, prediction: str = "velocity",
+                 clip_time_shift: float | None = None):
         self.time_sampling = time_sampling
         self.time_shift = time_shift
+        self.clip_time_shift = time_shift if clip_time_shift is None else clip_time_shift
         self.prediction = prediction
 
-    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
-        """(num,) training times in (0, 1): logit-normal (SD3) or uniform, then shifted."""
+    def shift_for(self, is_clip: bool) -> float:
+        """The time shift of an image (`time_shift`) or of a clip (`clip_time_shift`)."""
+        return self.clip_time_shift if is_clip else self.time_shift
+
+    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu",
+                    shift: float | torch.Tensor | None = None) -> torch.Tensor:
+        """(num,) training times in (0, 1): logit-normal (SD3) or uniform, then shifted by `shift`
+        (a number, or (num,) one per item; None = `time_shift`)."""
         if self.time_sampling == "logit_normal":
             # Same density as diffusers' compute_density_for_timestep_sampling("logit_normal", 0, 1).
             t = torch.sigmoid(torch.randn(num, generator=generator, device=device))
         else:
             t = torch.rand(num, generator=generator, device=device)
-        return shift_time(t, self.time_shift)
+        return shift_time(t, self.time_shift if shift is None else shift)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
@@ -76,14 +84,16 @@ class FlowMatching:
             return (sample - pred) / _per_item(t.clamp(min=SAMPLE_MIN_TIME), sample)
         return pred
 
-    def make_scheduler(self, name: str = "euler"):
-        """A diffusers scheduler whose `step(model_output, timestep, sample)` takes our velocity."""
+    def make_scheduler(self, name: str = "euler", shift: float | None = None):
+        """A diffusers scheduler whose `step(model_output, timestep, sample)` takes our velocity, its
+        sigmas shifted by `shift` (None = `time_shift`; `shift_for(is_clip)` for a clip)."""
+        shift = self.time_shift if shift is None else shift
         if name == "euler":
-            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=self.time_shift)
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
         if name == "dpmsolver++":
             return DPMSolverMultistepScheduler(
                 num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction",
-                use_flow_sigmas=True, flow_shift=self.time_shift, algorithm_type="dpmsolver++")
+                use_flow_sigmas=True, flow_shift=shift, algorithm_type="dpmsolver++")
         raise ValueError(f"unknown scheduler {name!r} for the flow objective; choose one of {self.schedulers}")
 
     def model_time(self, scheduler, timestep: torch.Tensor) -> torch.Tensor:
@@ -100,11 +110,15 @@ class DDPMProcess:
     schedulers = ("ddpm", "ddim", "dpmsolver++")
 
     def __init__(self, time_shift: float = 1.0):
-        self.time_shift = time_shift
+        self.time_shift = time_shift  # kept for the config's sake: DDPM's times are not shifted
         self._train_scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS,
                                               beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
 
-    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    def shift_for(self, is_clip: bool) -> None:
+        return None  # DDPM's steps are not shifted
+
+    def sample_time(self, num: int, generator: torch.Generator | None = None, device="cpu",
+                    shift: None = None) -> torch.Tensor:
         return torch.randint(0, NUM_TRAIN_TIMESTEPS, (num,), generator=generator, device=device).float() / (
             NUM_TRAIN_TIMESTEPS - 1)
 
@@ -126,7 +140,7 @@ class DDPMProcess:
     def scheduler_output(self, pred: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return pred
 
-    def make_scheduler(self, name: str = "ddim"):
+    def make_scheduler(self, name: str = "ddim", shift: None = None):
         common = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
                       prediction_type="epsilon")
         if name == "ddpm":
@@ -143,7 +157,7 @@ class DDPMProcess:
 
 def make_process(config: ModelConfig) -> FlowMatching | DDPMProcess:
     if config.objective == "flow":
-        return FlowMatching(config.time_sampling, config.time_shift, config.prediction)
+        return FlowMatching(config.time_sampling, config.time_shift, config.prediction, config.clip_time_shift)
     return DDPMProcess(config.time_shift)
 
 

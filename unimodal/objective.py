@@ -60,7 +60,8 @@ class Objective:
         num = len(latents)
         groups = shape_groups(latents)
         noise = [torch.randn((len(g), *latents[g[0]].shape), generator=generator, dtype=torch.float32) for g in groups]
-        t_target = self.process.sample_time(num, generator)
+        shifts = [self.process.shift_for(item.dim() == 4) for item in latents]  # clips are (C, F, H, W)
+        t_target = self.process.sample_time(num, generator, shift=None if None in shifts else torch.tensor(shifts))
         t_condition = torch.rand(num, generator=generator) * self.config.condition_max_noise
         device = latents[0].device if num else torch.device("cpu")
         timesteps = torch.where(is_target.cpu(), t_target, t_condition).to(device)

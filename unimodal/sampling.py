@@ -146,7 +146,7 @@ def sample_latents(model: UniModalModel, layout: SequenceLayout, process, texts:
     else:
         full_mask = model.attention_mask(segments, device, dense=True)
 
-    scheduler = process.make_scheduler(scheduler_name)
+    scheduler = process.make_scheduler(scheduler_name, shift=process.shift_for(noise.dim() == 5))
     scheduler.set_timesteps(num_steps, device=device)
     latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     timesteps = scheduler.timesteps
