@@ -37,6 +37,13 @@ from .synthetic import POSITION_PHRASES, POSITIONS, SceneObject, WorldConfig, sh
 ATTRIBUTES = ("count", "colour", "shape", "position", "size")
 
 
+def _offsets(extent: int, side: int) -> range:
+    """Template offsets (relative to the pixels' first row or column) from aligning the near edges to
+    aligning the far edges of an `extent`-long run of pixels and a `side`-long template."""
+    step = 1 if extent >= side else -1
+    return range(0, extent - side + step, step)
+
+
 def as_records(objects: Iterable[Any], kind: type) -> list:
     """`kind` NamedTuples (SceneObject, MovingObject) from themselves or their JSON dicts. Raises
     ValueError for a dict lacking a field, TypeError for anything else."""
@@ -172,33 +179,39 @@ class Checker:
         col = min(2, max(0, int((cx - left) // world.cell_width)))
         return POSITIONS[3 * row + col]
 
-    def _shape(self, pixels: np.ndarray) -> str:
-        """The shape whose template, drawn at the component's size, overlaps it best (IoU).
+    def _shape(self, pixels: np.ndarray, side: int | None = None) -> str:
+        """The shape whose template of side `side` overlaps the component best (IoU), the template
+        tried at every offset between the component's bounding-box edges along each axis.
 
-        The template box has the side of the component's longer bounding-box side; a shorter side
-        (blur erodes a triangle's one-pixel apex) is tried at every offset inside it.
+        `side` None = the component's longer bounding-box side (this world has two sizes); a shorter
+        side (blur erodes a triangle's one-pixel apex) is then tried at every offset inside it. A world
+        of one known size passes it, so a smear beside a shape does not resize the templates.
         """
         top, left = pixels.min(0)
         height, width = pixels.max(0) + 1 - (top, left)
-        side = int(max(height, width))
+        side = int(max(height, width)) if side is None else side
+        # the pixels in a box padded by `side`, so a template fits at any offset
+        box = np.zeros((height + 2 * side, width + 2 * side), dtype=bool)
+        box[pixels[:, 0] - top + side, pixels[:, 1] - left + side] = True
+        templates = [(shape, shape_mask(shape, side)) for shape in self.config.shapes]
         best, best_iou = self.config.shapes[0], -1.0
-        for off_r in range(side - height + 1):
-            for off_c in range(side - width + 1):
-                mask = np.zeros((side, side), dtype=bool)
-                mask[pixels[:, 0] - top + off_r, pixels[:, 1] - left + off_c] = True
-                for shape in self.config.shapes:
-                    template = shape_mask(shape, side)
-                    iou = (template & mask).sum() / max(1, (template | mask).sum())
+        for r in _offsets(height, side):
+            for c in _offsets(width, side):
+                window = box[side + r: side + r + side, side + c: side + c + side]
+                for shape, template in templates:
+                    inter = (template & window).sum()
+                    iou = inter / max(1, len(pixels) + template.sum() - inter)
                     if iou > best_iou:
                         best, best_iou = shape, iou
         return best
 
-    def shape_of(self, pixels: np.ndarray) -> str:
+    def shape_of(self, pixels: np.ndarray, side: int | None = None) -> str:
         """The shape name of one object's pixels: (n, 2) int (row, col) indices, n >= 1 (the template-IoU
-        rule of `detect`, public for readers of other media such as `data/motion.py`'s clips)."""
+        rule of `detect`, public for readers of other media such as `motion_checker.py`'s clips);
+        `side` fixes the template side (None: the pixels' longer bounding-box side)."""
         if len(pixels) == 0:
             raise ValueError("shape_of needs at least one pixel")
-        return self._shape(np.asarray(pixels))
+        return self._shape(np.asarray(pixels), side)
 
     @staticmethod
     def _size(world: WorldConfig, shape: str, area: int) -> str:

@@ -22,7 +22,6 @@ from .motion import (
     as_moving_objects,
     parse_motion_caption,
 )
-from .synthetic import shape_mask
 
 CLIP_LAYOUTS = ("FHWC", "FCHW", "CFHW")
 
@@ -143,7 +142,7 @@ class MotionChecker:
                 pixels = np.argwhere(classes[f] == colour_index)
                 if len(pixels):
                     track[f] = pixels[:, ::-1].mean(0) + 0.5  # (x, y) of the pixel centres
-                    votes[self._shape(pixels, side)] += 1
+                    votes[self.checker.shape_of(pixels, side)] += 1
             seen = ~np.isnan(track[:, 0])
             if 2 * seen.sum() < num_frames:
                 continue
@@ -163,32 +162,6 @@ class MotionChecker:
             found.append({"shape": shape, "colour": colour, "direction": direction, "track": track,
                           "displacement": (float(dx), float(dy))})
         return found
-
-    def _shape(self, pixels: np.ndarray, side: int) -> str:
-        """The shape whose template at the world's one shape side overlaps the object's pixels (n, 2)
-        best (IoU), over every placement of the template box between the pixels' bounding-box edges.
-
-        Every shape of a clip has the same known side, so the template is not sized from the
-        bounding box as the still checker must (its world has two sizes): a one-pixel smear beside a
-        9 px square would size the template at 10-11 px, where a circle's fits better.
-        """
-        top, left = pixels.min(0)
-        bottom, right = pixels.max(0) + 1
-        box = np.zeros((bottom - top + 2 * side, right - left + 2 * side), dtype=bool)  # pixels, padded by `side`
-        box[pixels[:, 0] - top + side, pixels[:, 1] - left + side] = True
-        area = len(pixels)
-        rows = range(min(side, bottom - top), max(side, bottom - top) + 1)  # template tops in padded coordinates
-        cols = range(min(side, right - left), max(side, right - left) + 1)
-        best, best_iou = self.config.shapes[0], -1.0
-        for shape in self.config.shapes:
-            template = shape_mask(shape, side)
-            for r in rows:
-                for c in cols:
-                    inter = (box[r:r + side, c:c + side] & template).sum()
-                    iou = inter / (area + template.sum() - inter)
-                    if iou > best_iou:
-                        best, best_iou = shape, iou
-        return best
 
     def detect(self, frames: Any, layout: str | None = None) -> list[MovingObject]:
         """The objects of the clip, in palette order of their colour (see `read`)."""
